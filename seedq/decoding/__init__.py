@@ -1,0 +1,1 @@
+"""Decoding: sampling math, model adapters and the ar/batch/sd/mcsd/seed engines."""

@@ -1,0 +1,1 @@
+"""The decoding engines: ar, batch, sd, mcsd and seed."""

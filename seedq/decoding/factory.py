@@ -1,0 +1,110 @@
+"""Build a group generator from an EngineConfig: load models once, pick the drafter and the
+engine, and expose both a blocking ``run`` and the awaitable ``generate`` of GroupGenerator."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from seedq.decoding import loading
+from seedq.decoding.config import EngineConfig
+from seedq.decoding.drafters import Drafter, DraftShape, ModelDrafter, NgramDrafter
+from seedq.decoding.engines.ar import AutoregressiveEngine
+from seedq.decoding.engines.base import Engine, Runtime
+from seedq.decoding.engines.batch import BatchEngine
+from seedq.decoding.engines.seed import SeedScheduler
+from seedq.decoding.engines.speculative import SpeculativeEngine
+from seedq.decoding.loading import LoadedModel
+from seedq.decoding.tiny import TINY_DRAFT, TINY_TARGET, perturbed_copy, tiny_model, tiny_tokenizer
+from seedq.decoding.types import DecodingError, GroupRequest, GroupResult
+
+DEFAULT_TREE = (2, 1, 1)
+
+
+def draft_shape(config: EngineConfig) -> DraftShape:
+    replacement = config.mcsd_rule == "with"
+    if config.engine == "mcsd":
+        return DraftShape(config.k_config or DEFAULT_TREE, replacement)
+    if config.engine == "seed" and config.k_config:
+        return DraftShape(config.k_config, replacement)
+    return DraftShape.chain(config.gamma)
+
+
+class LocalGenerator:
+    """A GroupGenerator over in-process models. Non-seed engines run one group at a time;
+    the seed engine's scheduler interleaves the groups of concurrent callers."""
+
+    def __init__(self, config: EngineConfig, runtime: Runtime) -> None:
+        self.config = config
+        self.runtime = runtime
+        self._lock = threading.Lock()
+        self.engine: Engine | SeedScheduler = _engine(config, runtime)
+
+    @property
+    def name(self) -> str:
+        return self.config.engine
+
+    def run(self, request: GroupRequest) -> GroupResult:
+        if isinstance(self.engine, SeedScheduler):
+            return self.engine.run(request)
+        with self._lock:
+            return self.engine.run(request)
+
+    async def generate(self, request: GroupRequest) -> GroupResult:
+        if isinstance(self.engine, SeedScheduler):
+            return await asyncio.wrap_future(self.engine.submit(request))
+        return await asyncio.to_thread(self.run, request)
+
+    def close(self) -> None:
+        if isinstance(self.engine, SeedScheduler):
+            self.engine.close()
+
+
+def _engine(config: EngineConfig, runtime: Runtime) -> Engine | SeedScheduler:
+    if config.engine == "ar":
+        return AutoregressiveEngine(runtime)
+    if config.engine == "batch":
+        return BatchEngine(runtime)
+    if config.engine in ("sd", "mcsd"):
+        return SpeculativeEngine(runtime, config.engine)
+    return SeedScheduler(runtime, config.verify_batch, config.draft_batch, config.draft_threads)
+
+
+def generator_from_models(
+    config: EngineConfig, target: LoadedModel, draft: LoadedModel | None = None
+) -> LocalGenerator:
+    """Wire already-loaded models (tests pass tiny in-process ones)."""
+    drafter: Drafter | None = None
+    if config.speculative:
+        shape = draft_shape(config)
+        if config.draft == loading.NGRAM:
+            drafter = NgramDrafter(shape, target.model.vocab_size)
+        elif draft is None:
+            raise DecodingError(f"engine {config.engine!r} needs a draft model")
+        else:
+            loading.check_compatible(target.tokenizer, draft.tokenizer, config.draft or "draft")
+            drafter = ModelDrafter(draft.model, shape)
+    runtime = Runtime(
+        config, target.model, target.tokenizer, drafter,
+        draft.model if draft is not None and config.speculative else None,
+    )
+    return LocalGenerator(config, runtime)
+
+
+def load_generator(config: EngineConfig) -> LocalGenerator:
+    """Load the target (and draft) named in the config and build the generator."""
+    target = _load(config.target, config)
+    draft = None
+    if config.speculative and config.draft and config.draft != loading.NGRAM:
+        draft = _load(config.draft, config)
+    return generator_from_models(config, target, draft)
+
+
+def _load(name: str, config: EngineConfig) -> LoadedModel:
+    if name == TINY_TARGET:
+        return loading.wrap(tiny_model(0).to(config.device), tiny_tokenizer(), name)
+    if name == TINY_DRAFT:
+        model: Any = perturbed_copy(tiny_model(0), 0.05).to(config.device)
+        return loading.wrap(model, tiny_tokenizer(), name)
+    return loading.load(name, config.device, config.dtype)
