@@ -59,7 +59,7 @@ def _convert_gguf(folder: Path, target: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=_GGUF_NAME)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     partial = target.with_name(target.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(partial))
@@ -87,10 +87,12 @@ def load(name: str, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
     path = resolve(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[dtype])
+        model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[dtype])
     except OSError as exc:
         raise DecodingError(f"cannot load model {name!r}: {exc}") from exc
     if name == SMOLLM2_INT8:
+        if device != "cpu":
+            raise DecodingError("smollm2-int8 (dynamic int8 quantization) runs on the CPU only")
         model = quantize_int8(model)
     else:
         model = model.to(device)

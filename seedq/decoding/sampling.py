@@ -43,7 +43,8 @@ def _top_k_filter(scaled: torch.Tensor, top_k: int) -> torch.Tensor:
 def _top_p_filter(scaled: torch.Tensor, top_p: float) -> torch.Tensor:
     sorted_logits, order = torch.sort(scaled, dim=-1, descending=True)
     sorted_probs = torch.softmax(sorted_logits, dim=-1)
-    # mass strictly before each token; keep a token while that mass is < top_p (always keeps the top)
+    # mass strictly before each token; keep a token while that mass is < top_p
+    # (so the top token is always kept)
     mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
     drop_sorted = mass_before >= top_p
     drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)

@@ -16,13 +16,16 @@ TINY_TARGET = "tiny"
 TINY_DRAFT = "tiny-draft"
 
 _WORDS = (
-    "the a one two three four five six seven eight nine ten question answer step plan "
-    "passage block red blue orange yellow white table hand stack unstack pick up put down "
-    "on top of is clear empty goal state so she he they has have had sold bought eggs "
-    "apples dollars each per day week total more less than how many much what then first "
-    "next finally because therefore we get add subtract multiply divide by equals number "
-    "score value best choice sure likely impossible write coherent paragraph end sentence"
-).split()
+    "the", "a", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+    "question", "answer", "step", "plan", "passage", "block", "red", "blue", "orange", "yellow",
+    "white", "table", "hand", "stack", "unstack", "pick", "up", "put", "down", "on", "top",
+    "of", "is", "clear", "empty", "goal", "state", "so", "she", "he", "they", "has", "have",
+    "had", "sold", "bought", "eggs", "apples", "dollars", "each", "per", "day", "week", "total",
+    "more", "less", "than", "how", "many", "much", "what", "then", "first", "next", "finally",
+    "because", "therefore", "we", "get", "add", "subtract", "multiply", "divide", "by",
+    "equals", "number", "score", "value", "best", "choice", "sure", "likely", "impossible",
+    "write", "coherent", "paragraph", "end", "sentence",
+)
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}</s>"
