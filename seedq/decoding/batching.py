@@ -22,6 +22,11 @@ class RowInput:
     cache: ModelCache
     mask: torch.Tensor | None = None  # [Q, cached + Q] bool, None = causal
     positions: torch.Tensor | None = None  # [Q], None = cached .. cached + Q - 1
+    need: int = 0  # logits wanted for the last `need` inputs (0: all)
+
+    @property
+    def wanted(self) -> int:
+        return self.need or len(self.tokens)
 
 
 def _row_mask(row: RowInput, cached: int) -> torch.Tensor:
@@ -33,8 +38,9 @@ def _row_mask(row: RowInput, cached: int) -> torch.Tensor:
 
 
 def forward_rows(model: LanguageModel, rows: Sequence[RowInput]) -> list[torch.Tensor]:
-    """Run all rows in one batched forward; returns logits [Q_i, V] per row and replaces each
-    row's ``cache.cache`` with its own updated cache (its ``length`` is left to the caller)."""
+    """Run all rows in one batched forward; returns logits [wanted_i, V] per row (on the CPU,
+    where the sampling math runs) and replaces each row's ``cache.cache`` with its own
+    updated cache (its ``length`` is left to the caller)."""
     if len(rows) == 1:
         return [_single(model, rows[0])]
     lengths = [kvcache.cache_length(r.cache.cache) for r in rows]
@@ -54,16 +60,24 @@ def forward_rows(model: LanguageModel, rows: Sequence[RowInput]) -> list[torch.T
             mask[b, 0, extra, longest + extra] = True
         pos = row.positions if row.positions is not None else torch.arange(cached, cached + q)
         positions[b, :q] = pos
-    logits = model.forward(ids, batched, mask, positions)  # [B, width, V]
+    # inputs are right-padded: keep the columns from the earliest wanted one onwards
+    keep = max(width - (len(r.tokens) - r.wanted) for r in rows)
+    logits = model.forward(ids, batched, mask, positions, keep).cpu()  # [B, keep, V]
     caches = kvcache.unstack(
         batched, pads, [n + len(r.tokens) for n, r in zip(lengths, rows, strict=True)]
     )
     for row, cache in zip(rows, caches, strict=True):
         row.cache.cache = cache
-    return [logits[b, : len(r.tokens)] for b, r in enumerate(rows)]
+    offset = width - keep
+    return [
+        logits[b, len(r.tokens) - r.wanted - offset : len(r.tokens) - offset]
+        for b, r in enumerate(rows)
+    ]
 
 
 def _single(model: LanguageModel, row: RowInput) -> torch.Tensor:
     if row.mask is None or row.positions is None:
-        return model.forward_chain(row.tokens, row.cache.cache)
-    return model.forward_masked(row.tokens, row.cache.cache, row.mask, row.positions)
+        return model.forward_chain(row.tokens, row.cache.cache, row.need).cpu()
+    return model.forward_masked(
+        row.tokens, row.cache.cache, row.mask, row.positions, row.need
+    ).cpu()

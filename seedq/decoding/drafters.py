@@ -118,7 +118,7 @@ class ModelDrafter:
         cache = g.state.draft
         assert cache is not None
         if g.level == 0:
-            return RowInput(g.state.pending(cache), cache)
+            return RowInput(g.state.pending(cache), cache, need=1)
         tokens = g.tree.path_tokens(g.feed)
         if g.tree.is_chain:
             return RowInput(tokens, cache)
@@ -133,7 +133,7 @@ class ModelDrafter:
         assert cache is not None
         if g.level == 0:
             cache.length += len(g.state.pending(cache))
-            frontier, logits = [-1], logits[-1:]
+            frontier = [-1]
         else:
             g.state.draft_nodes.extend(g.feed)
             frontier = g.feed

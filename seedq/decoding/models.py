@@ -32,8 +32,9 @@ class LanguageModel:
         cache: DynamicCache,
         attention_mask: torch.Tensor | None = None,  # [B, 1, Q, K] bool (True = attend) or None
         position_ids: torch.Tensor | None = None,  # [B, Q] long
-    ) -> torch.Tensor:  # [B, Q, V] float32
-        kwargs: dict[str, Any] = {"cache": cache, "use_cache": True}
+        keep: int = 0,  # logits of the last `keep` positions only (0: all)
+    ) -> torch.Tensor:  # [B, Q or keep, V] float32, on the model's device
+        kwargs: dict[str, Any] = {"cache": cache, "use_cache": True, "logits_to_keep": keep}
         if attention_mask is not None:
             kwargs["attention_mask"] = additive_mask(attention_mask, self.dtype).to(self.device)
         if position_ids is not None:
@@ -42,10 +43,11 @@ class LanguageModel:
         self.forwards += 1
         return out.logits[..., : self.vocab_size].float()
 
-    def forward_chain(self, tokens: Sequence[int], cache: DynamicCache) -> torch.Tensor:
-        """Causal forward of one sequence's new tokens [Q] on its cache -> logits [Q, V]."""
+    def forward_chain(self, tokens: Sequence[int], cache: DynamicCache, keep: int = 0
+                      ) -> torch.Tensor:
+        """Causal forward of one sequence's new tokens [Q] on its cache -> logits [Q|keep, V]."""
         ids = torch.tensor([list(tokens)], dtype=torch.long)
-        return self.forward(ids, cache)[0]
+        return self.forward(ids, cache, keep=keep)[0]
 
     def forward_masked(
         self,
@@ -53,9 +55,10 @@ class LanguageModel:
         cache: DynamicCache,
         mask: torch.Tensor,  # [Q, K] bool
         positions: torch.Tensor,  # [Q] long
-    ) -> torch.Tensor:  # [Q, V]
+        keep: int = 0,
+    ) -> torch.Tensor:  # [Q|keep, V]
         ids = torch.tensor([list(tokens)], dtype=torch.long)
-        return self.forward(ids, cache, mask[None, None], positions[None])[0]
+        return self.forward(ids, cache, mask[None, None], positions[None], keep)[0]
 
 
 class Tokenizer:

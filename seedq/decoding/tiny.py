@@ -43,8 +43,8 @@ def _corpus() -> list[str]:
     return lines
 
 
-@functools.lru_cache(maxsize=1)
-def tiny_tokenizer() -> Any:
+@functools.lru_cache(maxsize=4)
+def tiny_tokenizer(vocab_size: int = 320) -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -52,7 +52,7 @@ def tiny_tokenizer() -> Any:
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=320,
+        vocab_size=vocab_size,
         special_tokens=["<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,

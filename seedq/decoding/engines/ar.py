@@ -30,9 +30,9 @@ class AutoregressiveEngine:
     def step(self, state: SequenceState) -> None:
         began = time.perf_counter()
         pending = state.pending(state.target)
-        logits = self.runtime.target.forward_chain(pending, state.target.cache)  # [P, V]
+        logits = self.runtime.target.forward_chain(pending, state.target.cache, keep=1)  # [1, V]
         state.target.length += len(pending)
-        token = sample(warp_probs(logits[-1], state.params), state.generator)
+        token = sample(warp_probs(logits[-1].cpu(), state.params), state.generator)
         state.metrics.target_forwards += 1
         state.metrics.verify_seconds += time.perf_counter() - began
         self.runtime.stop_rule.commit(state, [token])

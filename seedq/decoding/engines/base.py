@@ -54,7 +54,7 @@ def prefill(model: LanguageModel, tokens: list[int], copies: int) -> list[ModelC
     """Encode a shared prefix once and hand each sequence its own copy of the cache."""
     cache = kvcache.new_cache()
     if tokens:
-        model.forward_chain(tokens, cache)
+        model.forward_chain(tokens, cache, keep=1)
     caches = [cache] + [kvcache.clone(cache) for _ in range(copies - 1)]
     return [ModelCache(c, len(tokens)) for c in caches]
 

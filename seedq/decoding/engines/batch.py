@@ -41,7 +41,7 @@ class BatchEngine:
             for i, ids in enumerate(prompts)
         ]
         if shared:
-            self.runtime.target.forward_chain(prompts[0][:shared], cache)
+            self.runtime.target.forward_chain(prompts[0][:shared], cache, keep=1)
             cache.batch_repeat_interleave(len(prompts))
         mask, positions, logits = self._prefill_suffixes(states, shared, cache)
         self._decode(states, cache, mask, positions, logits, meter)
@@ -78,13 +78,14 @@ class BatchEngine:
             out = target.model(
                 input_ids=ids.to(target.device), attention_mask=mask.to(target.device),
                 position_ids=positions.to(target.device), cache=cache, use_cache=True,
+                logits_to_keep=1,
             )
         target.forwards += 1
         elapsed = time.perf_counter() - began
         for state in states:
             state.metrics.target_forwards += 1
             state.metrics.verify_seconds += elapsed
-        return out.logits[:, -1, : target.vocab_size].float()
+        return out.logits[:, -1, : target.vocab_size].float().cpu()
 
     def _decode(
         self,

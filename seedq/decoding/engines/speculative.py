@@ -26,20 +26,20 @@ def target_row(state: SequenceState, tree: DraftTree) -> RowInput:
     draft needs no mask (plain causal attention), a tree gets its tree mask."""
     pending = state.pending(state.target)
     tokens = pending + tree.tokens
+    need = len(tree) + 1  # after the last pending token, and after every draft node
     if tree.is_chain:
-        return RowInput(tokens, state.target)
+        return RowInput(tokens, state.target, need=need)
     committed = state.target.length
     mask = tree_attention_mask(committed, [], len(pending), list(range(len(tree))), tree.parents)
     positions = tree_position_ids(committed + len(pending), len(pending), tree.depths)
-    return RowInput(tokens, state.target, mask, positions)
+    return RowInput(tokens, state.target, mask, positions, need)
 
 
 def decide(
     state: SequenceState, tree: DraftTree, logits: torch.Tensor, vocab_size: int
 ) -> Verdict:
-    """Acceptance for one sequence given its verification logits [Q, V]."""
-    pending = len(state.pending(state.target))
-    target_probs = warp_probs(logits[pending - 1 :], state.params)  # [n + 1, V]
+    """Acceptance for one sequence given its verification logits [n + 1, V] (CPU)."""
+    target_probs = warp_probs(logits, state.params)  # [n + 1, V]
     if len(tree):
         draft_probs = torch.stack(tree.draft_probs)  # [n, V]
     else:
