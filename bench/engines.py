@@ -15,7 +15,6 @@ import argparse
 import json
 import platform
 import sys
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -55,7 +54,8 @@ def variants(args: argparse.Namespace) -> list[Variant]:
     base = EngineConfig(target=args.target, device=args.device, dtype=args.dtype,
                         gamma=args.gamma)
     k = tuple(int(x) for x in args.k_config.split(","))
-    out = [Variant("ar", replace(base, engine="ar")), Variant("batch", replace(base, engine="batch"))]
+    out = [Variant("ar", replace(base, engine="ar")),
+           Variant("batch", replace(base, engine="batch"))]
     for draft in args.drafts.split(","):
         spec = replace(base, draft=draft)
         out += [
@@ -138,7 +138,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "target": args.target, "drafts": args.drafts.split(","), "n": args.n,
         "max_new_tokens": args.max_new_tokens, "gamma": args.gamma, "k_config": args.k_config,
         "temperature": args.temperature, "device": args.device, "dtype": args.dtype,
-        "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "rows": rows,
     }
