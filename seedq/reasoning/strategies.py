@@ -1,0 +1,214 @@
+"""Thought generators (``sample``, ``propose``) and state evaluators (``value``, ``vote``).
+
+Each strategy turns one expansion into ONE group request: the N thoughts of a node, or the
+evaluations of its N children, so the engine can draft them in parallel.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from seedq.decoding.types import GroupGenerator, GroupRequest, SamplingParams, SequenceResult
+from seedq.reasoning.errors import ReasoningError
+from seedq.reasoning.judging import ValueRule, parse_vote
+from seedq.reasoning.metrics import Ledger, sequence_metrics
+from seedq.reasoning.params import SearchParams
+from seedq.reasoning.tasks.base import Problem, Step, Steps
+from seedq.reasoning.tree import Node
+
+log = logging.getLogger(__name__)
+SEPARATOR = "\n---\n"
+
+
+def group_seed(base: int | None, key: str) -> int:
+    """A per-group seed that depends only on the job seed and the group's key (node id and
+    phase), never on the order in which groups run."""
+    return zlib.crc32(f"{base}:{key}".encode()) & 0x3FFFFFFF
+
+
+@dataclass
+class SearchContext:
+    """Everything one tree's search needs; collects the nodes it emits."""
+
+    problem: Problem
+    params: SearchParams
+    generator: GroupGenerator
+    thoughts: ThoughtGenerator
+    evaluator: Evaluator
+    on_node: Callable[[Node], Awaitable[None]] | None = None
+    ledger: Ledger = field(default_factory=Ledger)
+    nodes: list[Node] = field(default_factory=list)
+
+    def sampling(self, key: str, *, max_new_tokens: int, stop: tuple[str, ...] = (),
+                 greedy: bool = False) -> SamplingParams:
+        p = self.params
+        return SamplingParams(
+            temperature=0.0 if greedy else p.temperature, top_k=p.top_k, top_p=p.top_p,
+            max_new_tokens=max_new_tokens, stop=stop, seed=group_seed(p.seed, key),
+        )
+
+    async def call(self, phase: str, prompts: list[str], params: SamplingParams
+                   ) -> list[SequenceResult]:
+        request = GroupRequest(prompts=tuple(prompts), params=params, chat=True)
+        result = await self.generator.generate(request)
+        if len(result.sequences) != len(prompts):
+            raise ReasoningError(
+                f"generator returned {len(result.sequences)} sequences for {len(prompts)} prompts"
+            )
+        self.ledger.record(phase, result)
+        return result.sequences
+
+    async def emit(self, node: Node) -> None:
+        self.nodes.append(node)
+        if self.on_node is not None:
+            await self.on_node(node)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A generated thought before evaluation."""
+
+    step: Step
+    raw: str
+    metrics: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """An evaluator's verdict on one candidate. ``score`` None: nothing parsable."""
+
+    score: float | None
+    text: str
+    metrics: dict[str, Any]
+
+
+class ThoughtGenerator(ABC):
+    @abstractmethod
+    async def generate(self, ctx: SearchContext, steps: Steps, key: str, n: int
+                       ) -> list[Candidate]:
+        """``n`` candidate next steps after ``steps``; ``key`` seeds the group."""
+
+
+class SampleGenerator(ThoughtGenerator):
+    """N samples of one prompt (prompts = (p,) * N, temperature > 0, seeded)."""
+
+    async def generate(self, ctx: SearchContext, steps: Steps, key: str, n: int
+                       ) -> list[Candidate]:
+        problem = ctx.problem
+        params = ctx.sampling(
+            f"{key}/thought", stop=problem.thought_stop(steps),
+            max_new_tokens=problem.thought_tokens(steps, ctx.params.max_new_tokens),
+        )
+        sequences = await ctx.call("thought", [problem.thought_prompt(steps)] * n, params)
+        return [
+            Candidate(problem.parse_thought(steps, s.text), s.text,
+                      {"thought": sequence_metrics([s]), "thought_shared": 1})
+            for s in sequences
+        ]
+
+
+class ProposeGenerator(ThoughtGenerator):
+    """One prompt asking for N next steps; its output is split into N thoughts. Missing
+    proposals become failed candidates; the one generation's metrics are shared."""
+
+    async def generate(self, ctx: SearchContext, steps: Steps, key: str, n: int
+                       ) -> list[Candidate]:
+        problem = ctx.problem
+        budget = problem.thought_tokens(steps, ctx.params.max_new_tokens) * n
+        params = ctx.sampling(f"{key}/propose", max_new_tokens=min(budget, 8192))
+        (sequence,) = await ctx.call("thought", [problem.propose_prompt(steps, n)], params)
+        pieces = problem.split_proposals(sequence.text)[:n]
+        metrics = {"thought": sequence_metrics([sequence]), "thought_shared": n}
+        candidates = [Candidate(problem.parse_thought(steps, p), p, metrics) for p in pieces]
+        missing = Step.failed(f"the proposal listed {len(pieces)} of {n} thoughts")
+        candidates += [Candidate(missing, sequence.text, metrics)] * (n - len(pieces))
+        return candidates
+
+
+class Evaluator(ABC):
+    @abstractmethod
+    async def evaluate(self, ctx: SearchContext, steps: Steps, key: str,
+                       candidates: list[Candidate]) -> list[Judgement | None]:
+        """One judgement per usable candidate, None for failed ones."""
+
+
+def read_values(rule: ValueRule, sequences: list[SequenceResult], shared: int = 1) -> Judgement:
+    """Mean of the parsable values of ``sequences``; unparsable ones are counted."""
+    values = [rule.parse(s.text) for s in sequences]
+    parsed = [v for v in values if v is not None]
+    if len(parsed) < len(values):
+        log.debug("unparsable value judgement(s): %d of %d", len(values) - len(parsed), len(values))
+    metrics = {
+        "evaluation": sequence_metrics(sequences),
+        "evaluation_samples": len(sequences),
+        "evaluation_unparsed": len(values) - len(parsed),
+        "evaluation_shared": shared,
+    }
+    score = sum(parsed) / len(parsed) if parsed else None
+    return Judgement(score, SEPARATOR.join(s.text for s in sequences), metrics)
+
+
+class ValueEvaluator(Evaluator):
+    """Each usable candidate judged on its own (``value_samples`` times; greedy when 1)."""
+
+    async def evaluate(self, ctx: SearchContext, steps: Steps, key: str,
+                       candidates: list[Candidate]) -> list[Judgement | None]:
+        live = [i for i, c in enumerate(candidates) if c.step.text is not None]
+        judgements: list[Judgement | None] = [None] * len(candidates)
+        if not live:
+            return judgements
+        k = ctx.params.value_samples
+        prompts = [ctx.problem.value_prompt(steps, str(candidates[i].step.text))
+                   for i in live for _ in range(k)]
+        params = ctx.sampling(f"{key}/value", max_new_tokens=ctx.params.eval_max_new_tokens,
+                              greedy=k == 1)
+        sequences = await ctx.call("evaluation", prompts, params)
+        for j, i in enumerate(live):
+            judgements[i] = read_values(ctx.problem.value_rule, sequences[j * k:(j + 1) * k])
+        return judgements
+
+
+class VoteEvaluator(Evaluator):
+    """All usable candidates in one vote prompt, sampled ``vote_samples`` times; a
+    candidate's score is its share of the samples (unparsable votes are abstentions)."""
+
+    async def evaluate(self, ctx: SearchContext, steps: Steps, key: str,
+                       candidates: list[Candidate]) -> list[Judgement | None]:
+        live = [i for i, c in enumerate(candidates) if c.step.text is not None]
+        judgements: list[Judgement | None] = [None] * len(candidates)
+        if not live:
+            return judgements
+        k = ctx.params.vote_samples
+        prompt = ctx.problem.vote_prompt(steps, [str(candidates[i].step.text) for i in live])
+        params = ctx.sampling(f"{key}/vote", max_new_tokens=ctx.params.eval_max_new_tokens,
+                              greedy=k == 1)
+        sequences = await ctx.call("evaluation", [prompt] * k, params)
+        votes = [parse_vote(s.text, len(live)) for s in sequences]
+        parsed = sum(v is not None for v in votes)
+        metrics = {
+            "evaluation": sequence_metrics(sequences),
+            "evaluation_samples": k,
+            "evaluation_unparsed": k - parsed,
+            "evaluation_shared": len(live),
+        }
+        texts = SEPARATOR.join(s.text for s in sequences)
+        for j, i in enumerate(live):
+            count = votes.count(j)
+            header = f"{count} of {k} votes ({k - parsed} unparsable)"
+            judgements[i] = Judgement(count / k if parsed else None, f"{header}\n{texts}", metrics)
+        return judgements
+
+
+GENERATOR_STRATEGIES: dict[str, Callable[[], ThoughtGenerator]] = {
+    "sample": SampleGenerator,
+    "propose": ProposeGenerator,
+}
+EVALUATOR_STRATEGIES: dict[str, Callable[[], Evaluator]] = {
+    "value": ValueEvaluator,
+    "vote": VoteEvaluator,
+}

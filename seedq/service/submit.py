@@ -1,0 +1,198 @@
+"""``seedq submit``: validate every line, store the batch, enqueue its jobs.
+
+Nothing is stored or enqueued when any line is bad, unless ``skip_invalid`` (then the bad
+lines are stored as ``rejected`` jobs and the good ones go on).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from seedq import queue as q
+from seedq.reasoning.jobs import JobSpec, JobSpecError, SearchParams, parse_job
+from seedq.service.context import Services
+from seedq.store import repo
+from seedq.store.rows import NewJob, Rejection
+
+log = logging.getLogger(__name__)
+
+
+class SubmitError(ValueError):
+    """Nothing was submitted; ``rejections`` lists the bad lines when that is the reason."""
+
+    def __init__(self, message: str, rejections: list[Rejection] | None = None) -> None:
+        super().__init__(message)
+        self.rejections = rejections or []
+
+
+@dataclass
+class SubmitReport:
+    batch_id: str
+    accepted: int
+    rejected: list[Rejection] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def read_lines(path: Path, limit: int | None = None) -> list[tuple[int, str]]:
+    """The non-blank lines of a JSONL file with their 1-based numbers; file-level problems
+    (missing, unreadable, binary, not UTF-8, empty) raise :class:`SubmitError`."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise SubmitError(f"{path}: no such file") from exc
+    except IsADirectoryError as exc:
+        raise SubmitError(f"{path}: is a directory, not a JSONL file") from exc
+    except OSError as exc:
+        raise SubmitError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        line_no = data.count(b"\n", 0, nul) + 1
+        raise SubmitError(f"{path}: binary file (NUL byte on line {line_no}), expected JSONL text")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line_no = data.count(b"\n", 0, exc.start) + 1
+        raise SubmitError(f"{path}: not UTF-8 text (bad byte on line {line_no})") from exc
+    lines = [(n, s) for n, s in enumerate(text.splitlines(), start=1) if s.strip()]
+    if not lines:
+        raise SubmitError(f"{path}: empty file, no jobs to submit")
+    return lines[:limit] if limit is not None else lines
+
+
+def _parse_line(
+    line_no: int, text: str, task: str | None, defaults: SearchParams | None
+) -> JobSpec | Rejection:
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return Rejection(line_no, None, f"invalid JSON: {exc.msg} at column {exc.colno}", text)
+    try:
+        return parse_job(obj, default_task=task, defaults=defaults)
+    except JobSpecError as exc:
+        return Rejection(line_no, exc.field, exc.reason, text)
+    except (TypeError, ValueError) as exc:  # a malformed value the task did not anticipate
+        return Rejection(line_no, None, f"invalid job: {exc}", text)
+
+
+def validate_lines(
+    lines: list[tuple[int, str]], *, task: str | None, defaults: SearchParams | None
+) -> tuple[list[tuple[int, JobSpec]], list[Rejection]]:
+    """Parse every line; duplicate custom ids are bad lines too. Jobs without a custom id get
+    ``line-<n>`` (made unique against the ids the file gives)."""
+    specs: list[tuple[int, JobSpec]] = []
+    bad: list[Rejection] = []
+    first_seen: dict[str, int] = {}
+    for line_no, text in lines:
+        parsed = _parse_line(line_no, text, task, defaults)
+        if isinstance(parsed, Rejection):
+            bad.append(parsed)
+            continue
+        cid = parsed.custom_id
+        if cid is not None and cid in first_seen:
+            reason = f"duplicate custom_id {cid!r} (first on line {first_seen[cid]})"
+            bad.append(Rejection(line_no, "custom_id", reason, text))
+            continue
+        if cid is not None:
+            first_seen[cid] = line_no
+        specs.append((line_no, parsed))
+    return [(n, _with_custom_id(n, s, first_seen)) for n, s in specs], bad
+
+
+def _with_custom_id(line_no: int, spec: JobSpec, taken: dict[str, int]) -> JobSpec:
+    if spec.custom_id is not None:
+        return spec
+    candidate, k = f"line-{line_no}", 1
+    while candidate in taken:
+        k += 1
+        candidate = f"line-{line_no}-{k}"
+    taken[candidate] = line_no
+    return replace(spec, custom_id=candidate)
+
+
+def _new_jobs(batch_id: str, specs: list[tuple[int, JobSpec]]) -> Iterator[NewJob]:
+    for line_no, spec in specs:
+        assert spec.custom_id is not None
+        yield NewJob(
+            q.job_id_for(batch_id, line_no), line_no, spec.custom_id, spec.task, spec.to_json()
+        )
+
+
+def submit_file(
+    services: Services,
+    path: Path,
+    *,
+    task: str | None = None,
+    defaults: SearchParams | None = None,
+    limit: int | None = None,
+    skip_invalid: bool = False,
+    queue_name: str | None = None,
+) -> SubmitReport:
+    """Validate ``path``, then store and enqueue it as one batch; see the module docstring."""
+    t0 = time.perf_counter()
+    specs, bad = validate_lines(read_lines(path, limit), task=task, defaults=defaults)
+    t1 = time.perf_counter()
+    if bad and not skip_invalid:
+        raise SubmitError(
+            f"{path}: {len(bad)} bad line(s), first {bad[0].message()}; nothing was submitted",
+            bad,
+        )
+    if not specs:
+        raise SubmitError(f"{path}: no valid lines; nothing was submitted", bad)
+    queue = services.queue(queue_name)
+    batch_id, jobs = _store(services, path, queue.name, specs, bad, task, defaults, limit)
+    t2 = time.perf_counter()
+    _enqueue_or_undo(services, queue.name, batch_id, jobs)
+    t3 = time.perf_counter()
+    log.info(
+        "batch %s: %d jobs enqueued on %s, %d rejected", batch_id, len(jobs), queue.name, len(bad)
+    )
+    timings = {"validate": t1 - t0, "store": t2 - t1, "enqueue": t3 - t2, "total": t3 - t0}
+    return SubmitReport(batch_id, len(jobs), bad, timings)
+
+
+def _store(
+    services: Services,
+    path: Path,
+    queue_name: str,
+    specs: list[tuple[int, JobSpec]],
+    bad: list[Rejection],
+    task: str | None,
+    defaults: SearchParams | None,
+    limit: int | None,
+) -> tuple[str, list[NewJob]]:
+    batch_id = q.new_batch_id()
+    jobs = list(_new_jobs(batch_id, specs))
+    options = {"task": task, "defaults": defaults.to_json() if defaults else None, "limit": limit}
+    repo.create_batch(
+        services.db,
+        batch_id=batch_id,
+        source=str(path),
+        task=task,
+        queue=queue_name,
+        options=options,
+        jobs=jobs,
+        rejected=bad,
+    )
+    return batch_id, jobs
+
+
+def _enqueue_or_undo(
+    services: Services, queue_name: str, batch_id: str, jobs: list[NewJob]
+) -> None:
+    settings = services.settings
+    payloads = [q.make_payload(j.id, batch_id) for j in jobs]
+    try:
+        q.enqueue_jobs(
+            services.queue(queue_name),
+            payloads,
+            job_timeout=settings.job_timeout,
+            result_ttl=settings.result_ttl,
+        )
+    except Exception as exc:
+        repo.delete_batch(services.db, batch_id)  # ids left in Redis find no job and are dropped
+        raise SubmitError(f"could not enqueue on Redis ({exc}); nothing was submitted") from exc

@@ -1,0 +1,95 @@
+"""Plain typed records that cross the store boundary (no ORM objects leave the store)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+
+class NodeRow(TypedDict):
+    node_id: str
+    parent_id: str | None
+    depth: int
+    kind: str
+    thought: str | None
+    evaluation: str | None
+    score: float | None
+    selected: bool
+    failure: str | None
+    metrics: dict[str, Any]
+
+
+class GenerationRow(TypedDict):
+    gen_key: str
+    node_id: str | None
+    role: str | None
+    depth: int | None
+    engine: str | None
+    sequences: int
+    shared: int
+    new_tokens: int
+    drafted_tokens: int
+    accepted_tokens: int
+    target_forwards: int
+    draft_forwards: int
+    draft_seconds: float
+    verify_seconds: float
+    wait_seconds: float
+    wall_seconds: float
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A validated line, ready to be stored as a queued job."""
+
+    id: str
+    line_no: int
+    custom_id: str
+    task: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A line that failed validation: where, which field, why, and its raw text."""
+
+    line_no: int
+    field: str | None
+    reason: str
+    raw: str
+
+    def message(self) -> str:
+        where = f"line {self.line_no}"
+        return f"{where}: {self.field}: {self.reason}" if self.field else f"{where}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A job this worker now owns: attempt number and its stored payload."""
+
+    job_id: str
+    batch_id: str
+    attempt: int
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ClaimRefused:
+    """Why a dequeued job was not started (``status`` is its current database status)."""
+
+    job_id: str
+    status: str | None
+
+
+@dataclass(frozen=True)
+class StaleJob:
+    job_id: str
+    attempts: int
+    worker: str | None
+
+
+@dataclass(frozen=True)
+class RetryTarget:
+    job_id: str
+    batch_id: str
+    queue: str
