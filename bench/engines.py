@@ -70,7 +70,7 @@ def variants(args: argparse.Namespace) -> list[Variant]:
     return out
 
 
-def summarize(result: GroupResult, baseline: GroupResult | None) -> dict[str, Any]:
+def summarize(result: GroupResult, baseline: GroupResult | None, calls: int) -> dict[str, Any]:
     seqs = result.sequences
     tokens = sum(s.metrics.new_tokens for s in seqs)
     drafted = sum(s.metrics.drafted_tokens for s in seqs)
@@ -88,6 +88,8 @@ def summarize(result: GroupResult, baseline: GroupResult | None) -> dict[str, An
         "acceptance_rate": accepted / drafted if drafted else None,
         "tokens_per_target_forward": tokens / forwards if forwards else None,
         "target_forwards_per_token": forwards / tokens if tokens else None,
+        # actual target forward calls (a batched forward counts once), prefill included
+        "target_calls_per_token": calls / tokens if tokens else None,
         "target_busy_fraction": min(busy / result.wall_seconds, 1.0),
         "draft_seconds": sum(s.metrics.draft_seconds for s in seqs),
         "wait_seconds": sum(s.metrics.wait_seconds for s in seqs),
@@ -122,10 +124,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         generator = generator_from_models(variant.config, model(args.target), draft)
         best: dict[str, Any] | None = None
         for _ in range(args.repeat):
+            calls_before = model(args.target).model.forwards
             result = generator.run(request)
+            calls = model(args.target).model.forwards - calls_before
             if variant.label == "ar" and baseline is None:
                 baseline = result
-            row = summarize(result, None if variant.label == "ar" else baseline)
+            row = summarize(result, None if variant.label == "ar" else baseline, calls)
             if best is None or row["wall_seconds"] < best["wall_seconds"]:
                 best = row
         generator.close()
@@ -149,7 +153,7 @@ def print_table(report: dict[str, Any]) -> None:
     print(f"target {report['target']}  n={report['n']}  max_new_tokens={report['max_new_tokens']}"
           f"  gamma={report['gamma']}  device={report['device']} {report['cuda'] or ''}")
     header = (f"{'engine':<28}{'wall s':>8}{'speedup':>8}{'tok/s':>8}{'accept':>8}"
-              f"{'tok/fwd':>8}{'fwd/tok':>8}{'busy':>6}{'MiB':>7}{'same':>6}")
+              f"{'tok/fwd':>8}{'fwd/tok':>8}{'call/tok':>9}{'busy':>6}{'MiB':>7}{'same':>6}")
     print(header)
     print("-" * len(header))
     for r in report["rows"]:
@@ -162,6 +166,7 @@ def print_table(report: dict[str, Any]) -> None:
               f"{r['tokens_per_second']:>8.1f}{fmt(r['acceptance_rate'], '>8.2f')}"
               f"{fmt(r['tokens_per_target_forward'], '>8.2f')}"
               f"{fmt(r['target_forwards_per_token'], '>8.2f')}"
+              f"{fmt(r['target_calls_per_token'], '>9.2f')}"
               f"{r['target_busy_fraction']:>6.2f}{r['peak_memory_mib']:>7.0f}"
               f"{fmt(r['identical_to_ar'], '>6')}")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,8 +21,7 @@ class LanguageModel:
         first = next(model.parameters())
         self.device = first.device
         self.dtype = first.dtype if first.is_floating_point() else torch.float32
-        self.lock = threading.Lock()  # for callers that must serialise (statistics only)
-        self.forwards = 0
+        self.forwards = 0  # forward calls, for benchmarks
 
     @torch.inference_mode()
     def forward(

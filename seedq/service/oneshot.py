@@ -40,8 +40,9 @@ DEMO_SEARCH = {
     "eval_max_new_tokens": 12,
     "temperature": 0.7,
 }
-# SmolLM2-135M as the target, prompt-lookup (n-gram) drafting scheduled by SeeD.
-DEMO_ENGINE = {"engine": "seed", "target_model": "smollm2", "draft_model": "ngram"}
+# SmolLM2-135M as the target, its int8 dynamically quantized copy drafting (on this CPU the
+# best measured draft, see docs/BENCHMARKS.md), scheduled by SeeD.
+DEMO_ENGINE = {"engine": "seed", "target_model": "smollm2", "draft_model": "smollm2-int8"}
 
 
 @dataclass

@@ -12,6 +12,10 @@ from seedq.decoding.factory import LocalGenerator, generator_from_models
 from seedq.decoding.loading import LoadedModel, wrap
 from seedq.decoding.tiny import perturbed_copy, tiny_model, tiny_tokenizer
 
+# The tiny models gain nothing from intra-op threads, and OpenMP threads spinning on a busy
+# 2-core machine (another test run, a benchmark) slow every tiny op down many times over.
+torch.set_num_threads(1)
+
 PROMPTS = (
     "the red block is on",
     "how many eggs",

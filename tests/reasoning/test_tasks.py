@@ -35,6 +35,8 @@ from tests.reasoning.scripted import SHARED_DATA
         ("First 3, then 7, so 21 in total", "21"),
         ("The answer is 5. Wait, the answer is 6.", "6"),
         ("no number here", None),
+        ("Answer 1.2: she has 12 eggs left.\nQuestion 1.3", "12"),
+        ("Question 1.1: how many?", None),
     ],
 )
 def test_gsm8k_answer_extraction(text: str, answer: str | None) -> None:

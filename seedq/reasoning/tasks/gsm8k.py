@@ -34,6 +34,7 @@ _ANSWER_IS = re.compile(rf"answer\s+is\s*:?\s*\**\s*\$?\s*({_NUM})", re.I)
 _HASHES = re.compile(rf"####\s*\$?\s*({_NUM})")
 _BOXED = re.compile(rf"\\boxed\{{\s*\$?\s*({_NUM})")
 _ANY_NUMBER = re.compile(_NUM)
+_STEP_LABEL = re.compile(r"(?:question|answer)\s*\d+\.\d+", re.I)
 _SURE_LIKELY_IMPOSSIBLE = ValueRule(labels=SURE_LIKELY_IMPOSSIBLE)
 _STEP = re.compile(
     r"question(?:\s*\d+\.\d+)?\s*:\s*(?P<q>.+?)\s*answer(?:\s*\d+\.\d+)?\s*:\s*(?P<a>.+)",
@@ -69,7 +70,7 @@ def extract_answer(text: str) -> str | None:
         matches = pattern.findall(text)
         if matches:
             return normalize_number(matches[-1])
-    numbers = _ANY_NUMBER.findall(text)
+    numbers = _ANY_NUMBER.findall(_STEP_LABEL.sub(" ", text))  # "Question 1.3" is no answer
     return normalize_number(numbers[-1]) if numbers else None
 
 
