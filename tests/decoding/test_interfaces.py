@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from seedq.cli import main
 from seedq.decoding.config import EngineConfig
+from seedq.decoding.engines.seed import SeedScheduler
 from seedq.decoding.factory import generator_from_models
 from seedq.decoding.loading import LoadedModel, wrap
 from seedq.decoding.tiny import tiny_model, tiny_tokenizer
@@ -90,3 +91,19 @@ def test_generate_command_table_and_bad_input(tmp_path: Path) -> None:
     bad_file = runner.invoke(main, ["generate", "--target", "tiny", "--prompts-file",
                                     str(prompts)])
     assert bad_file.exit_code != 0 and "line 2" in bad_file.output
+
+
+def test_closing_the_scheduler_never_leaves_a_caller_hanging(target: LoadedModel,
+                                                             close_draft: LoadedModel) -> None:
+    generator = generator_from_models(EngineConfig(engine="seed", target="tiny", draft="d"),
+                                      target, close_draft)
+    engine = generator.engine
+    assert isinstance(engine, SeedScheduler)
+    future = engine.submit(GroupRequest(("a",) * 8, SamplingParams(max_new_tokens=400)))
+    generator.close()
+    try:
+        result = future.result(timeout=30)
+    except RuntimeError as exc:
+        assert "closed" in str(exc)
+    else:
+        assert len(result.sequences) == 8

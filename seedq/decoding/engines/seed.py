@@ -87,6 +87,7 @@ class SeedScheduler:
         self._ready_q: queue.Queue[object] = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._start_lock = threading.Lock()
+        self._open_groups: set[_Group] = set()  # touched by the verifier thread and close()
         self.busy_seconds = 0.0  # target computing (verification + prefill)
         self.verifier_threads, self.drafter_threads = _thread_split(
             runtime.target.device.type, self.draft_threads
@@ -97,6 +98,7 @@ class SeedScheduler:
         self._ensure_started()
         group = _Group(request, Future(), MemoryMeter(self.runtime.target.device))
         group.busy_at_start = self.busy_seconds
+        self._open_groups.add(group)
         self._verify_q.put(group)  # the verifier owns the target: it encodes the prompts
         return group.future
 
@@ -112,6 +114,11 @@ class SeedScheduler:
         for thread in self._threads:
             thread.join()
         self._threads = []
+        closed = RuntimeError("the seed scheduler was closed before this group finished")
+        for group in list(self._open_groups):
+            if not group.future.done():
+                group.future.set_exception(closed)
+        self._open_groups.clear()
 
     # -- threads ------------------------------------------------------------------------
     def _ensure_started(self) -> None:
@@ -181,7 +188,7 @@ class SeedScheduler:
         try:
             group.states = prepare_group(self.runtime, group.request)
         except Exception as exc:  # bad input: fail this group, keep serving the others
-            group.future.set_exception(exc)
+            self._fail({group}, exc)
             return
         finally:
             self.busy_seconds += time.perf_counter() - began
@@ -238,9 +245,11 @@ class SeedScheduler:
             {"target_busy_seconds": busy, "target_busy_fraction": busy / wall if wall else 0.0},
         )
         group.future.set_result(result)
+        self._open_groups.discard(group)
 
     def _fail(self, groups: set[_Group], exc: Exception) -> None:
         log.exception("seed: a group failed", exc_info=exc)
         for group in groups:
             if not group.future.done():
                 group.future.set_exception(exc)
+            self._open_groups.discard(group)
