@@ -102,9 +102,8 @@ def load_generator(config: EngineConfig) -> LocalGenerator:
 
 
 def _load(name: str, config: EngineConfig) -> LoadedModel:
-    if name == TINY_TARGET:
-        return loading.wrap(tiny_model(0).to(config.device), tiny_tokenizer(), name)
-    if name == TINY_DRAFT:
-        model: Any = perturbed_copy(tiny_model(0), 0.05).to(config.device)
+    if name in (TINY_TARGET, TINY_DRAFT):
+        model: Any = tiny_model(0) if name == TINY_TARGET else perturbed_copy(tiny_model(0), 0.05)
+        model = model.to(device=config.device, dtype=loading.DTYPES[config.dtype])
         return loading.wrap(model, tiny_tokenizer(), name)
     return loading.load(name, config.device, config.dtype)

@@ -23,7 +23,7 @@ SMOLLM2 = "smollm2"
 SMOLLM2_INT8 = "smollm2-int8"
 NGRAM = "ngram"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def cache_dir() -> Path:
@@ -87,7 +87,7 @@ def load(name: str, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
     path = resolve(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[dtype])
+        model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
     except OSError as exc:
         raise DecodingError(f"cannot load model {name!r}: {exc}") from exc
     if name == SMOLLM2_INT8:
