@@ -1,4 +1,5 @@
-"""Engine metrics of a tree: per node (from its sequences) and per phase (from its groups)."""
+"""Engine metrics of a tree: per sequence, per node (from its sequences) and per phase (from
+its groups)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,22 @@ def sum_metrics(items: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 def sequence_metrics(sequences: Iterable[SequenceResult]) -> dict[str, Any]:
     """The summed ``SequenceMetrics.to_dict()`` of ``sequences`` (one: exactly its dict)."""
     return sum_metrics(s.metrics.to_dict() for s in sequences)
+
+
+def sequence_record(group: str, index: int, role: str, strategy: str, shared: int,
+                    sequence: SequenceResult) -> dict[str, Any]:
+    """One generated sequence as stored in ``Node.metrics["<phase>_sequences"]``: the key of
+    its group request (``"0.1/value"``, which also seeds the group), its index in that group,
+    its phase (``role``), the strategy that asked for it, how many sibling nodes share it and
+    its ``SequenceMetrics``. ``(group, index)`` is unique within a tree."""
+    return {
+        "group": group,
+        "index": index,
+        "role": role,
+        "strategy": strategy,
+        "shared": shared,
+        "metrics": sequence.metrics.to_dict(),
+    }
 
 
 @dataclass

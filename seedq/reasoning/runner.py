@@ -10,7 +10,6 @@ from typing import Any
 
 from seedq.decoding.types import GroupGenerator
 from seedq.reasoning.jobs import JobSpec
-from seedq.reasoning.metrics import sequence_metrics
 from seedq.reasoning.search import SEARCH_STRATEGIES, State
 from seedq.reasoning.strategies import (
     EVALUATOR_STRATEGIES,
@@ -95,11 +94,12 @@ async def _solve(ctx: SearchContext, final: State) -> tuple[Node, Outcome]:
     text: str | None = None
     metrics: dict[str, Any] = {}
     if prompt is not None:
-        params = ctx.sampling(f"{key}/solution", max_new_tokens=ctx.params.max_new_tokens,
+        group = f"{key}/solution"
+        params = ctx.sampling(group, max_new_tokens=ctx.params.max_new_tokens,
                               stop=problem.solution_stop(), greedy=True)
-        (sequence,) = await ctx.call("solution", [prompt], params)
-        text = sequence.text
-        metrics = {"thought": sequence_metrics([sequence]), "thought_shared": 1}
+        out = await ctx.call("solution", "solution", group, [prompt], params)
+        text = out.sequences[0].text
+        metrics = out.metrics("thought")
     outcome = problem.outcome(final.steps, text)
     judgement = await _judge(ctx, key, outcome)
     if judgement is not None:
@@ -128,10 +128,10 @@ async def _judge(ctx: SearchContext, key: str, outcome: Outcome) -> _Judged | No
     if request is None:
         return None
     k = ctx.params.value_samples
-    params = ctx.sampling(f"{key}/judge", max_new_tokens=ctx.params.eval_max_new_tokens,
-                          greedy=k == 1)
-    sequences = await ctx.call("judge", [request.prompt] * k, params)
-    judgement = read_values(request.rule, sequences)
+    group = f"{key}/judge"
+    params = ctx.sampling(group, max_new_tokens=ctx.params.eval_max_new_tokens, greedy=k == 1)
+    out = await ctx.call("judge", "judge", group, [request.prompt] * k, params)
+    judgement = read_values(request.rule, out)
     raw = None if judgement.score is None else request.rule.raw_value(judgement.score)
     unparsed = judgement.metrics["evaluation_unparsed"]
     details = {request.name: raw, f"{request.name}_unparsed": unparsed}

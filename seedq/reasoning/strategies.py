@@ -16,7 +16,7 @@ from typing import Any
 from seedq.decoding.types import GroupGenerator, GroupRequest, SamplingParams, SequenceResult
 from seedq.reasoning.errors import ReasoningError
 from seedq.reasoning.judging import ValueRule, parse_vote
-from seedq.reasoning.metrics import Ledger, sequence_metrics
+from seedq.reasoning.metrics import Ledger, sequence_metrics, sequence_record
 from seedq.reasoning.params import SearchParams
 from seedq.reasoning.tasks.base import Problem, Step, Steps
 from seedq.reasoning.tree import Node
@@ -52,8 +52,9 @@ class SearchContext:
             max_new_tokens=max_new_tokens, stop=stop, seed=group_seed(p.seed, key),
         )
 
-    async def call(self, phase: str, prompts: list[str], params: SamplingParams
-                   ) -> list[SequenceResult]:
+    async def call(self, phase: str, strategy: str, group: str, prompts: list[str],
+                   params: SamplingParams) -> Generated:
+        """Send ``prompts`` as ONE group request; ``group`` is its key (it seeded ``params``)."""
         request = GroupRequest(prompts=tuple(prompts), params=params, chat=True)
         result = await self.generator.generate(request)
         if len(result.sequences) != len(prompts):
@@ -61,12 +62,35 @@ class SearchContext:
                 f"generator returned {len(result.sequences)} sequences for {len(prompts)} prompts"
             )
         self.ledger.record(phase, result)
-        return result.sequences
+        return Generated(group, phase, strategy, list(result.sequences))
 
     async def emit(self, node: Node) -> None:
         self.nodes.append(node)
         if self.on_node is not None:
             await self.on_node(node)
+
+
+@dataclass(frozen=True)
+class Generated:
+    """The sequences of one group request: its key, phase (``role``) and strategy."""
+
+    group: str
+    role: str
+    strategy: str
+    sequences: list[SequenceResult]
+
+    def metrics(self, key: str, start: int = 0, stop: int | None = None, *,
+                shared: int = 1) -> dict[str, Any]:
+        """A node's metrics for ``sequences[start:stop]`` under ``key`` (``thought`` or
+        ``evaluation``): their sum, how many sibling nodes share them, and one record per
+        sequence (``<key>_sequences``, see ``metrics.sequence_record``)."""
+        chosen = self.sequences[start:stop]
+        records = [
+            sequence_record(self.group, start + i, self.role, self.strategy, shared, seq)
+            for i, seq in enumerate(chosen)
+        ]
+        return {key: sequence_metrics(chosen), f"{key}_shared": shared,
+                f"{key}_sequences": records}
 
 
 @dataclass(frozen=True)
@@ -99,16 +123,17 @@ class SampleGenerator(ThoughtGenerator):
 
     async def generate(self, ctx: SearchContext, steps: Steps, key: str, n: int
                        ) -> list[Candidate]:
-        problem = ctx.problem
+        problem, group = ctx.problem, f"{key}/thought"
         params = ctx.sampling(
-            f"{key}/thought", stop=problem.thought_stop(steps),
+            group, stop=problem.thought_stop(steps),
             max_new_tokens=problem.thought_tokens(steps, ctx.params.max_new_tokens),
         )
-        sequences = await ctx.call("thought", [problem.thought_prompt(steps)] * n, params)
+        out = await ctx.call("thought", "sample", group, [problem.thought_prompt(steps)] * n,
+                             params)
         return [
             Candidate(problem.parse_thought(steps, s.text), s.text,
-                      {"thought": sequence_metrics([s]), "thought_shared": 1})
-            for s in sequences
+                      out.metrics("thought", i, i + 1))
+            for i, s in enumerate(out.sequences)
         ]
 
 
@@ -120,10 +145,13 @@ class ProposeGenerator(ThoughtGenerator):
                        ) -> list[Candidate]:
         problem = ctx.problem
         budget = problem.thought_tokens(steps, ctx.params.max_new_tokens) * n
-        params = ctx.sampling(f"{key}/propose", max_new_tokens=min(budget, 8192))
-        (sequence,) = await ctx.call("thought", [problem.propose_prompt(steps, n)], params)
+        group = f"{key}/propose"
+        params = ctx.sampling(group, max_new_tokens=min(budget, 8192))
+        out = await ctx.call("thought", "propose", group, [problem.propose_prompt(steps, n)],
+                             params)
+        (sequence,) = out.sequences
         pieces = problem.split_proposals(sequence.text)[:n]
-        metrics = {"thought": sequence_metrics([sequence]), "thought_shared": n}
+        metrics = out.metrics("thought", shared=n)
         candidates = [Candidate(problem.parse_thought(steps, p), p, metrics) for p in pieces]
         missing = Step.failed(f"the proposal listed {len(pieces)} of {n} thoughts")
         candidates += [Candidate(missing, sequence.text, metrics)] * (n - len(pieces))
@@ -137,17 +165,19 @@ class Evaluator(ABC):
         """One judgement per usable candidate, None for failed ones."""
 
 
-def read_values(rule: ValueRule, sequences: list[SequenceResult], shared: int = 1) -> Judgement:
-    """Mean of the parsable values of ``sequences``; unparsable ones are counted."""
+def read_values(rule: ValueRule, out: Generated, start: int = 0, stop: int | None = None
+                ) -> Judgement:
+    """Mean of the parsable values of ``out.sequences[start:stop]``; unparsable ones are
+    counted."""
+    sequences = out.sequences[start:stop]
     values = [rule.parse(s.text) for s in sequences]
     parsed = [v for v in values if v is not None]
     if len(parsed) < len(values):
         log.debug("unparsable value judgement(s): %d of %d", len(values) - len(parsed), len(values))
     metrics = {
-        "evaluation": sequence_metrics(sequences),
+        **out.metrics("evaluation", start, stop),
         "evaluation_samples": len(sequences),
         "evaluation_unparsed": len(values) - len(parsed),
-        "evaluation_shared": shared,
     }
     score = sum(parsed) / len(parsed) if parsed else None
     return Judgement(score, SEPARATOR.join(s.text for s in sequences), metrics)
@@ -165,11 +195,12 @@ class ValueEvaluator(Evaluator):
         k = ctx.params.value_samples
         prompts = [ctx.problem.value_prompt(steps, str(candidates[i].step.text))
                    for i in live for _ in range(k)]
-        params = ctx.sampling(f"{key}/value", max_new_tokens=ctx.params.eval_max_new_tokens,
+        group = f"{key}/value"
+        params = ctx.sampling(group, max_new_tokens=ctx.params.eval_max_new_tokens,
                               greedy=k == 1)
-        sequences = await ctx.call("evaluation", prompts, params)
+        out = await ctx.call("evaluation", "value", group, prompts, params)
         for j, i in enumerate(live):
-            judgements[i] = read_values(ctx.problem.value_rule, sequences[j * k:(j + 1) * k])
+            judgements[i] = read_values(ctx.problem.value_rule, out, j * k, (j + 1) * k)
         return judgements
 
 
@@ -185,18 +216,18 @@ class VoteEvaluator(Evaluator):
             return judgements
         k = ctx.params.vote_samples
         prompt = ctx.problem.vote_prompt(steps, [str(candidates[i].step.text) for i in live])
-        params = ctx.sampling(f"{key}/vote", max_new_tokens=ctx.params.eval_max_new_tokens,
+        group = f"{key}/vote"
+        params = ctx.sampling(group, max_new_tokens=ctx.params.eval_max_new_tokens,
                               greedy=k == 1)
-        sequences = await ctx.call("evaluation", [prompt] * k, params)
-        votes = [parse_vote(s.text, len(live)) for s in sequences]
+        out = await ctx.call("evaluation", "vote", group, [prompt] * k, params)
+        votes = [parse_vote(s.text, len(live)) for s in out.sequences]
         parsed = sum(v is not None for v in votes)
         metrics = {
-            "evaluation": sequence_metrics(sequences),
+            **out.metrics("evaluation", shared=len(live)),
             "evaluation_samples": k,
             "evaluation_unparsed": k - parsed,
-            "evaluation_shared": len(live),
         }
-        texts = SEPARATOR.join(s.text for s in sequences)
+        texts = SEPARATOR.join(s.text for s in out.sequences)
         for j, i in enumerate(live):
             count = votes.count(j)
             header = f"{count} of {k} votes ({k - parsed} unparsable)"

@@ -1,15 +1,17 @@
 """From reasoning results to store rows: a tree node, the generations behind it, the result.
 
-A node's ``metrics`` (see ``seedq/reasoning/strategies.py``) hold, per phase, the summed
-``SequenceMetrics`` of the sequences that produced it, how many sequences that was
-(``evaluation_samples``) and how many sibling nodes share them (``*_shared``: a ``propose``
-generation or a ``vote`` is one group for all children of a node). Each phase becomes one
-``generations`` row; a shared one is keyed on the parent's expansion so that siblings upsert
-the same row and no sequence is ever counted twice.
+A node's ``metrics`` (see ``seedq/reasoning/strategies.py``) list, per phase, one record per
+generated sequence (``thought_sequences``, ``evaluation_sequences``): the key of its group
+request, its index in that group, its role and strategy, how many sibling nodes share it and
+its ``SequenceMetrics``. Each record becomes ONE ``generations`` row keyed
+``"<group>#<index>"``, unique within a job, so a re-run upserts the same rows. A sequence
+shared by several siblings (a ``propose`` generation, ``vote`` samples) is listed on each of
+them; they all upsert the same row, with ``node_id`` NULL, so no sequence is counted twice.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from seedq.reasoning.runner import TreeResult
@@ -24,6 +26,7 @@ METRIC_INTS = (
     "draft_forwards",
 )
 METRIC_FLOATS = ("draft_seconds", "verify_seconds", "wait_seconds", "wall_seconds")
+SEQUENCE_KEYS = ("thought_sequences", "evaluation_sequences")
 
 
 def node_row(node: Node) -> NodeRow:
@@ -41,53 +44,40 @@ def node_row(node: Node) -> NodeRow:
     }
 
 
-def _phase_roles(node: Node) -> tuple[tuple[str, str], ...]:
-    """(metrics key, role) pairs: a solution node's phases are the solution and its judge."""
-    if node.kind == "solution":
-        return (("thought", "solution"), ("evaluation", "judge"))
-    return (("thought", "thought"), ("evaluation", "evaluation"))
+def gen_key(group: str, index: int) -> str:
+    """The key of the ``index``-th sequence of group request ``group`` (unique per job)."""
+    return f"{group}#{index}"
 
 
 def generation_rows(node: Node, engine: str | None) -> list[GenerationRow]:
-    """The generation rows behind ``node`` (none for the root)."""
-    rows: list[GenerationRow] = []
-    for phase, role in _phase_roles(node):
-        summed = node.metrics.get(phase)
-        if not isinstance(summed, dict):
-            continue
-        shared = int(node.metrics.get(f"{phase}_shared", 1) or 1)
-        sequences = int(node.metrics.get(f"{phase}_samples", 1) or 1)
-        if shared > 1 and node.parent_id is not None:
-            key, owner = f"{node.parent_id}:expand:{role}", None
-        else:
-            key, owner = f"{node.node_id}:{role}", node.node_id
-        rows.append(_row(key, owner, role, node.depth, engine, summed, sequences, shared))
-    return rows
+    """One row per sequence behind ``node`` (none for the root)."""
+    return [
+        _row(node, record, engine)
+        for key in SEQUENCE_KEYS
+        for record in node.metrics.get(key) or ()
+    ]
 
 
-def _row(
-    key: str,
-    node_id: str | None,
-    role: str,
-    depth: int,
-    engine: str | None,
-    summed: dict[str, Any],
-    sequences: int,
-    shared: int,
-) -> GenerationRow:
+def _row(node: Node, record: Mapping[str, Any], engine: str | None) -> GenerationRow:
+    group, index = str(record["group"]), int(record["index"])
+    shared = int(record.get("shared") or 1)
+    metrics: Mapping[str, Any] = record.get("metrics") or {}
     row: dict[str, Any] = {
-        "gen_key": key,
-        "node_id": node_id,
-        "role": role,
-        "depth": depth,
+        "gen_key": gen_key(group, index),
+        "group_key": group,
+        "seq_index": index,
+        "node_id": node.node_id if shared <= 1 else None,
+        "role": record.get("role"),
+        "strategy": record.get("strategy"),
+        "depth": node.depth,
         "engine": engine,
-        "sequences": sequences,
+        "sequences": 1,
         "shared": shared,
     }
     for name in METRIC_INTS:
-        row[name] = int(summed.get(name, 0) or 0)
+        row[name] = int(metrics.get(name, 0) or 0)
     for name in METRIC_FLOATS:
-        row[name] = float(summed.get(name, 0.0) or 0.0)
+        row[name] = float(metrics.get(name, 0.0) or 0.0)
     return row  # type: ignore[return-value]
 
 

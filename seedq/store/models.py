@@ -145,9 +145,14 @@ class Node(Base):
 class Generation(Base):
     """One generated sequence: which engine, how many tokens, and where the time went.
 
-    When the tree's metrics sum several sequences (``value_samples`` > 1, a vote) the row
-    stands for ``sequences`` of them; ``shared`` > 1 marks a group shared by that many sibling
-    nodes (a proposal or a vote), keyed on the parent's expansion and with ``node_id`` NULL."""
+    ``gen_key`` (``"<group_key>#<seq_index>"``) is unique per job, so a re-run upserts the
+    same rows. ``group_key`` names the group request the sequence came from (``"0.1/value"``:
+    expansion of node 0.1, value judgements), ``seq_index`` its place in that group, ``role``
+    its phase (thought, evaluation, solution, judge) and ``strategy`` what asked for it
+    (sample, propose, value, vote, solution, judge). A sequence shared by ``shared`` > 1
+    sibling nodes (a proposal, a vote) has ``node_id`` NULL. ``sequences`` is 1 for every row
+    written since revision 0002; rows of revision 0001 (``group_key`` NULL) summed that many
+    sequences of one phase."""
 
     __tablename__ = "generations"
     __table_args__ = (
@@ -160,8 +165,11 @@ class Generation(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     gen_key: Mapped[str] = mapped_column(String(240))
+    group_key: Mapped[str | None] = mapped_column(String(240))
+    seq_index: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     node_id: Mapped[str | None] = mapped_column(String(200))
     role: Mapped[str | None] = mapped_column(String(32))
+    strategy: Mapped[str | None] = mapped_column(String(32))
     depth: Mapped[int | None] = mapped_column(Integer)
     engine: Mapped[str | None] = mapped_column(String(32))
     sequences: Mapped[int] = mapped_column(Integer, default=1)

@@ -27,6 +27,7 @@ from seedq.store.rows import (
     Rejection,
     RetryTarget,
     StaleJob,
+    scrub,
 )
 
 QUEUED = JobStatus.QUEUED.value
@@ -167,9 +168,12 @@ def record_node(
     node: NodeRow,
     generations: Sequence[GenerationRow] = (),
 ) -> None:
-    """Insert or update one node and its generations (idempotent by their keys)."""
+    """Insert or update one node and its generations (idempotent by their keys). Texts are
+    scrubbed of NUL characters (see ``rows.scrub``)."""
     now = utcnow()
-    node_row: dict[str, Any] = {**node, "job_id": job_id, "attempt": attempt, "created_at": now}
+    node_row: dict[str, Any] = {
+        **scrub(node), "job_id": job_id, "attempt": attempt, "created_at": now
+    }
     gen_rows: list[dict[str, Any]] = [
         {**g, "job_id": job_id, "attempt": attempt, "created_at": now} for g in generations
     ]
@@ -195,15 +199,16 @@ def complete_job(
     correct: bool | None,
     wall_seconds: float,
 ) -> bool:
-    """Mark the job completed and drop nodes/generations left by earlier, different attempts."""
+    """Mark the job completed and drop nodes/generations left by earlier, different attempts
+    (and generation rows of schema revision 0001, which summed several sequences)."""
     with db.session() as s:
         done = s.execute(
             update(Job)
             .where(_owned(job_id, worker, attempt))
             .values(
                 status=JobStatus.COMPLETED.value,
-                result=result,
-                answer=answer,
+                result=scrub(result),
+                answer=scrub(answer),
                 correct=correct,
                 wall_seconds=wall_seconds,
                 finished_at=utcnow(),
@@ -215,7 +220,10 @@ def complete_job(
             return False
         s.execute(delete(Node).where(Node.job_id == job_id, Node.attempt != attempt))
         s.execute(
-            delete(Generation).where(Generation.job_id == job_id, Generation.attempt != attempt)
+            delete(Generation).where(
+                Generation.job_id == job_id,
+                or_(Generation.attempt != attempt, Generation.group_key.is_(None)),
+            )
         )
     return True
 
@@ -229,7 +237,7 @@ def fail_job(
             .where(_owned(job_id, worker, attempt))
             .values(
                 status=JobStatus.FAILED.value,
-                error=error,
+                error=scrub(error),
                 error_kind=kind,
                 finished_at=utcnow(),
             )

@@ -3,7 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
+
+T = TypeVar("T")
+NUL = "\x00"
+REPLACEMENT = "\ufffd"
+
+
+def scrub(value: T) -> T:
+    """``value`` with every NUL character (in strings, dict keys and values, lists) replaced
+    by U+FFFD. PostgreSQL refuses NUL in TEXT and JSONB, and a model can write one; the
+    store scrubs on every database so that both keep the same text."""
+    if isinstance(value, str):
+        return value.replace(NUL, REPLACEMENT) if NUL in value else value  # type: ignore[return-value]
+    if isinstance(value, dict):
+        return {scrub(k): scrub(v) for k, v in value.items()}  # type: ignore[return-value]
+    if isinstance(value, list | tuple):
+        return type(value)(scrub(v) for v in value)  # type: ignore[return-value]
+    return value
 
 
 class NodeRow(TypedDict):
@@ -21,8 +38,11 @@ class NodeRow(TypedDict):
 
 class GenerationRow(TypedDict):
     gen_key: str
+    group_key: str
+    seq_index: int
     node_id: str | None
     role: str | None
+    strategy: str | None
     depth: int | None
     engine: str | None
     sequences: int

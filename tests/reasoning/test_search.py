@@ -4,6 +4,7 @@ failures, strategies, callbacks and determinism."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from typing import Any
 
@@ -251,3 +252,25 @@ def test_a_failing_expansion_cancels_its_siblings_and_propagates() -> None:
 
     with pytest.raises(RuntimeError, match="engine fell over"):
         run(custom_spec(breadth=2, beam=2, depth=3), Failing(respond))
+
+
+def test_nodes_keep_every_sequence_and_round_trip_through_json_text() -> None:
+    generator = ScriptedGenerator(respond)
+    result = run(custom_spec(breadth=3, beam=2, depth=2, value_samples=2, temperature=0.5),
+                 generator)
+    records = {(r["group"], r["index"]): r for n in result.tree.nodes
+               for key in ("thought_sequences", "evaluation_sequences")
+               for r in n.metrics.get(key, [])}
+    assert len(records) == sum(len(r.prompts) for r in generator.requests) == 9 + 18 + 1
+    node = result.tree.node("0.2.3")
+    assert [(r["group"], r["index"], r["strategy"]) for r in node.metrics["thought_sequences"]] \
+        == [("0.2/thought", 2, "sample")]
+    values = node.metrics["evaluation_sequences"]
+    assert [(r["group"], r["index"], r["role"]) for r in values] == [
+        ("0.2/value", 4, "evaluation"), ("0.2/value", 5, "evaluation")]
+    # the summed keys stay: the sum of the node's own sequences
+    assert node.metrics["evaluation"]["new_tokens"] == sum(
+        r["metrics"]["new_tokens"] for r in values)
+    assert node.metrics["evaluation_samples"] == 2 and node.metrics["thought_shared"] == 1
+    again = TreeResult.from_json(json.loads(json.dumps(result.to_json())))
+    assert again == result

@@ -1,9 +1,15 @@
-"""Node metrics -> generation rows: one row per sequence group, shared groups stored once."""
+"""Node metrics -> generation rows: one row per sequence, shared sequences stored once."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
+from seedq.decoding.types import SamplingParams
+from seedq.reasoning import TreeResult, parse_job, run_tree
 from seedq.reasoning.tree import Node
 from seedq.service.records import generation_rows, node_row
+from tests.reasoning.scripted import ScriptedGenerator
 
 M = {
     "new_tokens": 10,
@@ -16,6 +22,13 @@ M = {
     "wait_seconds": 0.1,
     "wall_seconds": 1.0,
 }
+TEMPLATES = {"thought": "T|{state}|{step}", "evaluation": "E|{candidate}",
+             "solution": "S|{state}", "propose": "P|{step}|{n}", "vote": "V|{candidates}"}
+
+
+def record(group: str, index: int, role: str, strategy: str, shared: int = 1) -> dict:
+    return {"group": group, "index": index, "role": role, "strategy": strategy,
+            "shared": shared, "metrics": {**M, "new_tokens": 10 + index}}
 
 
 def thought(node_id: str, metrics: dict) -> Node:
@@ -24,58 +37,107 @@ def thought(node_id: str, metrics: dict) -> Node:
     )
 
 
-def test_sampled_thought_with_value_judgement() -> None:
-    node = thought(
-        "0.1",
-        {
-            "thought": M,
-            "thought_shared": 1,
-            "evaluation": M,
-            "evaluation_samples": 3,
-            "evaluation_shared": 1,
-        },
-    )
+def test_sampled_thought_with_value_samples() -> None:
+    node = thought("0.2", {
+        "thought_sequences": [record("0/thought", 1, "thought", "sample")],
+        "evaluation_sequences": [record("0/value", i, "evaluation", "value") for i in (3, 4, 5)],
+    })
     rows = generation_rows(node, "seed")
-    assert [(r["gen_key"], r["node_id"], r["role"], r["sequences"], r["shared"]) for r in rows] == [
-        ("0.1:thought", "0.1", "thought", 1, 1),
-        ("0.1:evaluation", "0.1", "evaluation", 3, 1),
+    assert [(r["gen_key"], r["group_key"], r["seq_index"], r["node_id"], r["role"],
+             r["strategy"], r["sequences"], r["shared"]) for r in rows] == [
+        ("0/thought#1", "0/thought", 1, "0.2", "thought", "sample", 1, 1),
+        ("0/value#3", "0/value", 3, "0.2", "evaluation", "value", 1, 1),
+        ("0/value#4", "0/value", 4, "0.2", "evaluation", "value", 1, 1),
+        ("0/value#5", "0/value", 5, "0.2", "evaluation", "value", 1, 1),
     ]
-    assert rows[0]["engine"] == "seed" and rows[0]["new_tokens"] == 10
-    assert rows[0]["wall_seconds"] == 1.0 and rows[0]["depth"] == 1
+    assert [r["new_tokens"] for r in rows] == [11, 13, 14, 15]
+    assert rows[0]["engine"] == "seed" and rows[0]["depth"] == 1
+    assert rows[0]["wall_seconds"] == 1.0 and rows[0]["accepted_tokens"] == 6
 
 
-def test_proposal_and_vote_are_keyed_on_the_parent_expansion() -> None:
+def test_proposal_and_vote_samples_are_one_row_each_for_all_siblings() -> None:
     shared = {
-        "thought": M,
-        "thought_shared": 3,
-        "evaluation": M,
-        "evaluation_samples": 5,
-        "evaluation_shared": 3,
+        "thought_sequences": [record("0/propose", 0, "thought", "propose", 3)],
+        "evaluation_sequences": [record("0/vote", i, "evaluation", "vote", 3) for i in range(4)],
     }
-    keys = {
-        r["gen_key"] for i in (1, 2, 3) for r in generation_rows(thought(f"0.{i}", shared), "sd")
-    }
-    assert keys == {"0:expand:thought", "0:expand:evaluation"}  # siblings upsert one row each
-    (row, _) = generation_rows(thought("0.1", shared), "sd")
-    assert row["node_id"] is None and row["shared"] == 3
+    rows = [r for i in (1, 2, 3) for r in generation_rows(thought(f"0.{i}", shared), "sd")]
+    keys = {r["gen_key"] for r in rows}
+    assert keys == {"0/propose#0", "0/vote#0", "0/vote#1", "0/vote#2", "0/vote#3"}
+    assert all(r["node_id"] is None and r["shared"] == 3 for r in rows)
 
 
 def test_solution_and_judge_roles_and_root() -> None:
     solution = Node(
-        node_id="0.1.s",
-        parent_id="0.1",
-        depth=2,
-        kind="solution",
-        thought="42",
+        node_id="0.1.s", parent_id="0.1", depth=2, kind="solution", thought="42",
         metrics={
-            "thought": M,
-            "thought_shared": 1,
-            "evaluation": M,
-            "evaluation_samples": 1,
-            "evaluation_shared": 1,
+            "thought_sequences": [record("0.1/solution", 0, "solution", "solution")],
+            "evaluation_sequences": [record("0.1/judge", 0, "judge", "judge")],
         },
     )
-    assert [r["role"] for r in generation_rows(solution, "ar")] == ["solution", "judge"]
+    rows = generation_rows(solution, "ar")
+    assert [(r["role"], r["node_id"], r["depth"]) for r in rows] == [
+        ("solution", "0.1.s", 2), ("judge", "0.1.s", 2)]
     root = Node(node_id="0", parent_id=None, depth=0, kind="root")
     assert generation_rows(root, "ar") == []
     assert node_row(root)["kind"] == "root" and node_row(root)["metrics"] == {}
+
+
+class Counting(ScriptedGenerator):
+    """Counts the sequences it produced, per group."""
+
+    def __init__(self, respond: Any) -> None:
+        super().__init__(respond)
+        self.produced = 0
+
+    async def generate(self, request: Any) -> Any:
+        result = await super().generate(request)
+        self.produced += len(result.sequences)
+        return result
+
+
+def answer(prompt: str, index: int, params: SamplingParams) -> str:
+    kind = prompt.partition("|")[0]
+    return {"T": f"step {index}", "P": "1. a\n2. b\n3. c", "E": str(3 + index),
+            "V": f"The best choice is {index % 2 + 1}", "S": "done"}[kind]
+
+
+def rows_of(result: TreeResult) -> dict[str, Any]:
+    """Every generation row of the tree, deduplicated by key as the database upsert does."""
+    return {r["gen_key"]: r for n in result.tree.nodes for r in generation_rows(n, "x")}
+
+
+def run_custom(**search: Any) -> tuple[TreeResult, Counting]:
+    spec = parse_job({"id": "c", "task": "custom", "input": "x", "templates": TEMPLATES,
+                      "search": search})
+    generator = Counting(answer)
+    return asyncio.run(run_tree(spec, generator)), generator
+
+
+def test_one_row_per_sequence_for_every_strategy_pair() -> None:
+    for generator in ("sample", "propose"):
+        for evaluator in ("value", "vote"):
+            result, counting = run_custom(generator=generator, evaluator=evaluator, breadth=3,
+                                          beam=2, depth=2, value_samples=2, vote_samples=3,
+                                          temperature=0.7)
+            rows = rows_of(result)
+            assert len(rows) == counting.produced, (generator, evaluator)
+            total = result.metrics["total"]
+            assert sum(r["new_tokens"] for r in rows.values()) == total["new_tokens"]
+            assert sum(r["drafted_tokens"] for r in rows.values()) == total["drafted_tokens"]
+
+
+def test_known_shape_gives_known_row_counts() -> None:
+    # sample/value, breadth 3, beam 2, depth 2, 2 value samples: 3 + 6 thoughts,
+    # (3 + 6) * 2 value samples, 1 solution
+    result, counting = run_custom(breadth=3, beam=2, depth=2, value_samples=2)
+    roles = [r["strategy"] for r in rows_of(result).values()]
+    assert {s: roles.count(s) for s in set(roles)} == {"sample": 9, "value": 18, "solution": 1}
+    assert counting.produced == 28
+    # propose/vote: one proposal and one vote group (3 samples) per expansion (1 + 2)
+    result, counting = run_custom(generator="propose", evaluator="vote", breadth=3, beam=2,
+                                  depth=2, vote_samples=3)
+    rows = rows_of(result).values()
+    roles = [r["strategy"] for r in rows]
+    assert {s: roles.count(s) for s in set(roles)} == {"propose": 3, "vote": 9, "solution": 1}
+    assert all(r["node_id"] is None for r in rows if r["strategy"] in ("propose", "vote"))
+    assert counting.produced == 13

@@ -34,6 +34,7 @@ def test_the_doc_has_the_promised_queries() -> None:
         "Latency per depth",
         "Acceptance per task",
         "Slowest nodes",
+        "Sequences per strategy",
         "Speedup of one batch against another",
     ):
         assert wanted in headings
@@ -54,5 +55,11 @@ def test_every_query_runs_and_returns_rows(services: Services, tmp_path: Path) -
         if heading == "Acceptance per task":
             (row,) = res.rows
             assert row[0] == "gsm8k" and row[1] == "canned" and 0.7 < float(row[4]) < 0.8
+        if heading == "Sequences per strategy":  # 3 trees: 4 thoughts, 4 values, 1 solution
+            assert [tuple(r[:4]) for r in res.rows] == [
+                ("evaluation", "value", 12, 6),  # 2 expansions per tree
+                ("solution", "solution", 3, 3),
+                ("thought", "sample", 12, 6),
+            ]
         if heading == "Latency per depth":
             assert [r[0] for r in res.rows] == [1, 1, 2, 2, 3]  # depth 3: the solution

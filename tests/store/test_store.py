@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 
 from seedq.store import migrate, repo, reports
 from seedq.store.db import Database
@@ -55,10 +56,14 @@ def node(node_id: str, parent: str | None, depth: int, thought: str = "t") -> No
 
 
 def gen(key: str, node_id: str, tokens: int) -> GenerationRow:
+    group, _, index = key.partition("#")
     return {
         "gen_key": key,
+        "group_key": group,
+        "seq_index": int(index),
         "node_id": node_id,
         "role": "thought",
+        "strategy": "sample",
         "depth": 1,
         "engine": "ar",
         "sequences": 1,
@@ -117,13 +122,13 @@ def test_nodes_are_upserted_and_old_attempts_dropped(db: Database) -> None:
     c1 = repo.claim_job(db, job_id, "w1", stale)
     assert isinstance(c1, Claimed)
     repo.record_node(db, job_id, 1, node("0", None, 0))
-    repo.record_node(db, job_id, 1, node("0.1", "0", 1, "first"), [gen("0.1:thought", "0.1", 5)])
-    repo.record_node(db, job_id, 1, node("0.2", "0", 1), [gen("0.2:thought", "0.2", 7)])
+    repo.record_node(db, job_id, 1, node("0.1", "0", 1, "first"), [gen("0/thought#0", "0.1", 5)])
+    repo.record_node(db, job_id, 1, node("0.2", "0", 1), [gen("0/thought#1", "0.2", 7)])
     # the worker dies; attempt 2 re-runs the same tree, writing the same keys again
     c2 = repo.claim_job(db, job_id, "w2", utcnow() + timedelta(seconds=1))
     assert isinstance(c2, Claimed) and c2.attempt == 2
     repo.record_node(db, job_id, 2, node("0", None, 0))
-    repo.record_node(db, job_id, 2, node("0.1", "0", 1, "second"), [gen("0.1:thought", "0.1", 9)])
+    repo.record_node(db, job_id, 2, node("0.1", "0", 1, "second"), [gen("0/thought#0", "0.1", 9)])
     assert not repo.complete_job(
         db, job_id, "w1", 1, result={}, answer=None, correct=None, wall_seconds=1.0
     )  # the old owner cannot finish it
@@ -137,7 +142,7 @@ def test_nodes_are_upserted_and_old_attempts_dropped(db: Database) -> None:
     ]
     with db.engine.connect() as conn:
         gens = conn.execute(text("SELECT gen_key, new_tokens FROM generations")).all()
-    assert [tuple(g) for g in gens] == [("0.1:thought", 9)]
+    assert [tuple(g) for g in gens] == [("0/thought#0", 9)]
 
 
 def test_release_fail_cancel_and_retry(db: Database) -> None:
@@ -174,3 +179,62 @@ def test_stale_recovery_requeues_then_fails(db: Database) -> None:
     assert (
         repo.recover_stale(db, stale, utcnow() + timedelta(seconds=1), max_attempts=2) == "failed"
     )
+
+
+LEGACY_ROW = (
+    "INSERT INTO generations (job_id, gen_key, node_id, role, depth, engine, sequences, shared,"
+    " new_tokens, drafted_tokens, accepted_tokens, target_forwards, draft_forwards,"
+    " draft_seconds, verify_seconds, wait_seconds, wall_seconds, attempt, created_at)"
+    " VALUES (:j, '0.1:evaluation', '0.1', 'evaluation', 1, 'ar', 3, 1, 30, 0, 0, 30, 0,"
+    " 0, 1.5, 0, 1.5, 1, :t)"
+)
+
+
+def test_revision_0002_keeps_legacy_rows_until_their_job_completes(database_url: str) -> None:
+    database = Database(database_url)
+    try:
+        assert migrate.upgrade(database, "0001") == "0001"
+        (job_id,) = make_batch(database, 1)
+        with database.engine.begin() as conn:
+            conn.execute(text(LEGACY_ROW), {"j": job_id, "t": utcnow()})
+        assert migrate.upgrade(database) == "0002"
+        with database.engine.connect() as conn:
+            legacy = conn.execute(
+                text("SELECT gen_key, group_key, seq_index, strategy, sequences FROM generations")
+            ).all()
+        assert [tuple(r) for r in legacy] == [("0.1:evaluation", None, 0, None, 3)]
+        claim = repo.claim_job(database, job_id, "w", utcnow() - timedelta(seconds=10))
+        assert isinstance(claim, Claimed) and claim.attempt == 1  # same attempt as the old rows
+        repo.record_node(database, job_id, 1, node("0.1", "0", 1), [gen("0/value#0", "0.1", 4)])
+        assert repo.complete_job(
+            database, job_id, "w", 1, result={}, answer=None, correct=None, wall_seconds=1.0
+        )
+        with database.engine.connect() as conn:
+            keys = conn.execute(text("SELECT gen_key FROM generations")).scalars().all()
+        assert keys == ["0/value#0"]  # the summed 0001 row is gone, the per-sequence one kept
+        cfg = migrate.alembic_config()
+        with database.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0001")
+        columns = {c["name"] for c in inspect(database.engine).get_columns("generations")}
+        assert "group_key" not in columns and "seq_index" not in columns
+        assert migrate.current_revision(database) == "0001"
+    finally:
+        database.close()
+
+
+def test_nul_characters_a_model_wrote_are_stored_scrubbed(db: Database) -> None:
+    (job_id,) = make_batch(db, 1)
+    claim = repo.claim_job(db, job_id, "w", utcnow() - timedelta(seconds=10))
+    assert isinstance(claim, Claimed)
+    garbage = node("0.1", "0", 1, "a\x00b")
+    garbage["metrics"] = {"raw": ["c\x00"]}
+    repo.record_node(db, job_id, 1, garbage)  # PostgreSQL refuses NUL in TEXT and JSONB
+    result = {"answer": "4\x00", "tree": {"nodes": [{"thought": "\x00"}]}}
+    assert repo.complete_job(
+        db, job_id, "w", 1, result=result, answer="4\x00", correct=None, wall_seconds=1.0
+    )
+    (stored,) = reports.tree_nodes(db, job_id)
+    assert stored["thought"] == "a\ufffdb" and stored["metrics"] == {"raw": ["c\ufffd"]}
+    (record,) = reports.iter_results(db, "b1", errors=False)
+    assert record["answer"] == "4\ufffd" and record["tree"]["nodes"] == [{"thought": "\ufffd"}]
