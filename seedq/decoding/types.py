@@ -49,15 +49,33 @@ class SamplingParams:
 @dataclass(frozen=True)
 class GroupRequest:
     """N prompts decoded together. With ``chat`` the prompt is sent as one user message
-    through the tokenizer's chat template (when the tokenizer has one)."""
+    through the tokenizer's chat template (when the tokenizer has one).
+
+    ``params`` applies to every sequence unless ``sequence_params`` gives one SamplingParams
+    per prompt (own max_new_tokens, stop strings, temperature, seed, ...)."""
 
     prompts: tuple[str, ...]
     params: SamplingParams = field(default_factory=SamplingParams)
     chat: bool = False
+    sequence_params: tuple[SamplingParams, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.prompts:
             raise DecodingError("a group needs at least one prompt")
+        if self.sequence_params and len(self.sequence_params) != len(self.prompts):
+            raise DecodingError(
+                f"sequence_params has {len(self.sequence_params)} entries for "
+                f"{len(self.prompts)} prompts"
+            )
+
+    def params_for(self, index: int) -> SamplingParams:
+        return self.sequence_params[index] if self.sequence_params else self.params
+
+    def seed_for(self, index: int) -> int | None:
+        """Sequence i samples with seed + i (its own params' seed when given per sequence)."""
+        if self.sequence_params:
+            return self.sequence_params[index].seed
+        return self.params.sequence_seed(index)
 
 
 @dataclass

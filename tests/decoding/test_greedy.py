@@ -148,3 +148,25 @@ def test_chat_template_and_shared_prefix(target: LoadedModel, close_draft: Loade
         got = _run(_config(engine=engine), target, close_draft, request)
         assert [s.token_ids for s in got.sequences] == [s.token_ids for s in expected.sequences]
     assert expected.sequences[0].token_ids == expected.sequences[2].token_ids
+
+
+@pytest.mark.parametrize("engine", ["batch", "sd", "mcsd", "seed"])
+def test_per_sequence_params(engine: str, target: LoadedModel, close_draft: LoadedModel,
+                             baseline: GroupResult) -> None:
+    """Each sequence of one group with its own max_new_tokens and stop strings gives what
+    it gives alone under ar."""
+    stop = target.tokenizer.decode(baseline.sequences[2].token_ids[5:7])
+    own = (
+        SamplingParams(max_new_tokens=7),
+        SamplingParams(max_new_tokens=30),
+        SamplingParams(max_new_tokens=30, stop=(stop,)),
+        SamplingParams(max_new_tokens=13),
+    )
+    prompts = PROMPTS[:4]
+    request = GroupRequest(prompts, sequence_params=own)
+    got = _run(_config(engine=engine), target, close_draft, request)
+    for prompt, params, seq in zip(prompts, own, got.sequences, strict=True):
+        alone = _run(_config(engine="ar"), target, None, GroupRequest((prompt,), params))
+        assert seq.token_ids == alone.sequences[0].token_ids
+        assert seq.finish_reason == alone.sequences[0].finish_reason
+    assert len(got.sequences[0].token_ids) <= 7

@@ -72,8 +72,8 @@ def prepare_group(runtime: Runtime, request: GroupRequest) -> list[SequenceState
         state = SequenceState(
             index=index,
             prompt_ids=ids,
-            params=request.params,
-            generator=make_generator(request.params.sequence_seed(index)),
+            params=request.params_for(index),
+            generator=make_generator(request.seed_for(index)),
             target=target_caches[index],
         )
         if runtime.drafter is not None:

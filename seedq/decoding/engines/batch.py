@@ -36,7 +36,7 @@ class BatchEngine:
         shared = shared_prefix_length(prompts)
         cache = DynamicCache()
         states = [
-            SequenceState(i, ids, request.params, make_generator(request.params.sequence_seed(i)),
+            SequenceState(i, ids, request.params_for(i), make_generator(request.seed_for(i)),
                           ModelCache(cache, 0))
             for i, ids in enumerate(prompts)
         ]
