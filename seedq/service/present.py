@@ -96,6 +96,19 @@ def as_json(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return json.dumps(records, indent=2, ensure_ascii=False, default=str)
 
 
+def _speed(metrics: dict[str, Any]) -> str:
+    """", 412 tokens at 9.8 tokens/s, 61% of drafted tokens accepted" from tree metrics."""
+    total = metrics.get("total") or {}
+    parts = []
+    if total.get("new_tokens"):
+        parts.append(f"{total['new_tokens']} tokens")
+        if metrics.get("tokens_per_second"):
+            parts[-1] += f" at {metrics['tokens_per_second']:.1f} tokens/s"
+    if metrics.get("acceptance_rate") is not None:
+        parts.append(f"{metrics['acceptance_rate']:.0%} of drafted tokens accepted")
+    return "".join(", " + p for p in parts)
+
+
 def run_outcome(outcome: RunOutcome) -> str:
     """What ``seedq run`` shows: each answer, the errors, the batch and where it is stored."""
     lines = []
@@ -104,7 +117,7 @@ def run_outcome(outcome: RunOutcome) -> str:
         nodes = len((r.get("tree") or {}).get("nodes") or [])
         lines.append(
             f"{r['custom_id']}: answer {r.get('answer')!r} ({mark}), {nodes} nodes, "
-            f"{seconds(r.get('wall_seconds'))}"
+            f"{seconds(r.get('wall_seconds'))}{_speed(r.get('metrics') or {})}"
         )
     for e in outcome.errors:
         first = (e["error"] or "").splitlines()[0] if e["error"] else ""
