@@ -85,10 +85,12 @@ def generator_from_models(
         else:
             loading.check_compatible(target.tokenizer, draft.tokenizer, config.draft or "draft")
             drafter = ModelDrafter(draft.model, shape)
-    runtime = Runtime(
-        config, target.model, target.tokenizer, drafter,
-        draft.model if draft is not None and config.speculative else None,
-    )
+    if draft is not None and drafter is None:
+        loading.check_compatible(target.tokenizer, draft.tokenizer, config.draft or "draft")
+    # the draft model is held even by a non-speculative engine, so that generators derived
+    # from this one (derive_generator) can draft with it
+    runtime = Runtime(config, target.model, target.tokenizer, drafter,
+                      draft.model if draft is not None else None)
     return LocalGenerator(config, runtime)
 
 
@@ -96,7 +98,7 @@ def load_generator(config: EngineConfig) -> LocalGenerator:
     """Load the target (and draft) named in the config and build the generator."""
     target = _load(config.target, config)
     draft = None
-    if config.speculative and config.draft and config.draft != loading.NGRAM:
+    if config.draft and config.draft != loading.NGRAM:
         draft = _load(config.draft, config)
     return generator_from_models(config, target, draft)
 
@@ -107,3 +109,24 @@ def _load(name: str, config: EngineConfig) -> LoadedModel:
         model = model.to(device=config.device, dtype=loading.DTYPES[config.dtype])
         return loading.wrap(model, tiny_tokenizer(), name)
     return loading.load(name, config.device, config.dtype)
+
+
+def derive_generator(base: LocalGenerator, config: EngineConfig) -> LocalGenerator:
+    """Another engine or other speculation settings over the models ``base`` already holds
+    (no loading). ``config.target``/``config.draft`` must name the same models as base's."""
+    runtime = base.runtime
+    if config.target != base.config.target:
+        raise DecodingError(
+            f"this generator holds target {base.config.target!r}, not {config.target!r}"
+        )
+    target = LoadedModel(runtime.target, runtime.tokenizer)
+    draft = None
+    if config.speculative and config.draft != loading.NGRAM:
+        if runtime.draft_model is None or config.draft != base.config.draft:
+            held = base.config.draft if runtime.draft_model is not None else "no draft model"
+            raise DecodingError(
+                f"engine {config.engine!r} needs draft {config.draft!r}; this generator holds "
+                f"{held}"
+            )
+        draft = LoadedModel(runtime.draft_model, runtime.tokenizer)
+    return generator_from_models(config, target, draft)

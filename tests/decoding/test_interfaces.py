@@ -107,3 +107,26 @@ def test_closing_the_scheduler_never_leaves_a_caller_hanging(target: LoadedModel
         assert "closed" in str(exc)
     else:
         assert len(result.sequences) == 8
+
+
+def test_derived_generators_share_the_loaded_models(target: LoadedModel,
+                                                    close_draft: LoadedModel) -> None:
+    from seedq.decoding.factory import derive_generator
+
+    base = generator_from_models(EngineConfig(engine="seed", target="tiny", draft="d"), target,
+                                 close_draft)
+    request = GroupRequest(("the red block", "how many"), SamplingParams(max_new_tokens=16))
+    expected = [s.token_ids for s in base.run(request).sequences]
+    for config in (EngineConfig(engine="ar", target="tiny"),
+                   EngineConfig(engine="mcsd", target="tiny", draft="d", k_config=(2, 2)),
+                   EngineConfig(engine="sd", target="tiny", draft="ngram")):
+        derived = derive_generator(base, config)
+        assert derived.runtime.target is base.runtime.target
+        assert [s.token_ids for s in derived.run(request).sequences] == expected
+        derived.close()
+    with pytest.raises(DecodingError, match="needs draft 'other'"):
+        derive_generator(base, EngineConfig(engine="sd", target="tiny", draft="other"))
+    plain = generator_from_models(EngineConfig(engine="ar", target="tiny"), target)
+    with pytest.raises(DecodingError, match="no draft model"):
+        derive_generator(plain, EngineConfig(engine="sd", target="tiny", draft="d"))
+    base.close()

@@ -14,7 +14,7 @@ import torch
 
 from seedq.decoding import kvcache
 from seedq.decoding.config import EngineConfig
-from seedq.decoding.drafters import Drafter
+from seedq.decoding.drafters import Drafter, ModelDrafter
 from seedq.decoding.models import LanguageModel, Tokenizer
 from seedq.decoding.sequence import ModelCache, SequenceState, StopRule, make_generator
 from seedq.decoding.types import GroupRequest, GroupResult, SequenceResult
@@ -65,8 +65,8 @@ def prepare_group(runtime: Runtime, request: GroupRequest) -> list[SequenceState
     shared = shared_prefix_length(prompts)
     target_caches = prefill(runtime.target, prompts[0][:shared], len(prompts))
     draft_caches: list[ModelCache | None] = [None] * len(prompts)
-    if runtime.draft_model is not None:
-        draft_caches = list(prefill(runtime.draft_model, prompts[0][:shared], len(prompts)))
+    if isinstance(runtime.drafter, ModelDrafter):
+        draft_caches = list(prefill(runtime.drafter.model, prompts[0][:shared], len(prompts)))
     states = []
     for index, ids in enumerate(prompts):
         state = SequenceState(
