@@ -96,7 +96,7 @@ def fast_settings(database_url: str, queue: str, **overrides: object) -> Setting
         queue=queue,
         round_size=4,
         heartbeat_seconds=0.2,
-        heartbeat_ttl=2,
+        heartbeat_ttl=4,  # tolerant of a loaded 2-core machine; the recovery tests wait it out
         maintenance_seconds=0.3,
         dequeue_timeout=1,
         max_attempts=3,

@@ -14,6 +14,14 @@ from typing import Any, TypeVar
 import click
 import redis.exceptions
 
+from seedq.cli.engine_flags import (
+    ENGINE_OPTIONS,
+    batch_engine_flags,
+    engine_options,
+    pop_batch_engine,
+    pop_run_engine,
+    speculation_flags,
+)
 from seedq.queue import pending_count
 from seedq.reasoning.errors import JobSpecError
 from seedq.reasoning.params import SearchParams
@@ -49,23 +57,6 @@ def search_defaults(options: dict[str, Any]) -> SearchParams | None:
         raise click.BadParameter(exc.reason, param_hint=flag) from exc
 
 
-ENGINE_OPTIONS = ("engine", "target_model", "draft_model", "device", "dtype")
-
-
-def engine_options(func: F) -> F:
-    """Overrides of the worker's engine settings (SEEDQ_ENGINE, SEEDQ_TARGET_MODEL, ...)."""
-    opts = [
-        click.option("--engine", "engine", default=None, help="ar, batch, sd, mcsd or seed"),
-        click.option("--target", "target_model", default=None, help="target model"),
-        click.option("--draft", "draft_model", default=None, help="draft model or 'ngram'"),
-        click.option("--device", "device", default=None, help="cpu, cuda, cuda:1 ..."),
-        click.option("--dtype", "dtype", default=None, help="float32, float16 or bfloat16"),
-    ]
-    for opt in reversed(opts):
-        func = opt(func)
-    return func
-
-
 def settings_from(**overrides: Any) -> Settings:
     try:
         return Settings.from_env().with_overrides(**overrides)
@@ -97,6 +88,7 @@ def services_for(settings: Settings, *, check_schema: bool = True) -> Iterator[S
 @click.option("--skip-invalid", is_flag=True, help="store bad lines as rejected, submit the rest")
 @click.option("--wait", is_flag=True, help="show a progress bar until the batch is done")
 @click.option("--queue", default=None, help="queue name (default SEEDQ_QUEUE)")
+@batch_engine_flags
 @search_options
 def submit(
     dataset: Path,
@@ -111,6 +103,7 @@ def submit(
     from seedq.service.submit import SubmitError, submit_file
 
     settings = settings_from(queue=queue)
+    engine = pop_batch_engine(options)
     defaults = search_defaults(options)
     with services_for(settings) as services:
         try:
@@ -121,6 +114,7 @@ def submit(
                 defaults=defaults,
                 limit=limit,
                 skip_invalid=skip_invalid,
+                engine=engine,
             )
         except SubmitError as exc:
             for rej in exc.rejections:
@@ -130,7 +124,8 @@ def submit(
             click.echo(f"{dataset}:{rej.message()} (rejected)", err=True)
         click.echo(
             f"batch {report.batch_id}: {report.accepted} jobs queued on "
-            f"{settings.queue}, {len(report.rejected)} rejected",
+            f"{settings.queue}, {len(report.rejected)} rejected"
+            + (f"; engine options {json.dumps(engine)}" if engine else ""),
             err=True,
         )
         click.echo(report.batch_id)
@@ -333,6 +328,7 @@ def worker(
 @click.option("--skip-invalid", is_flag=True, help="store bad lines as rejected, run the rest")
 @click.option("--round-size", type=click.IntRange(min=1), default=None, help="trees at once")
 @engine_options
+@speculation_flags
 @search_options
 def run(
     dataset: Path | None,
@@ -351,6 +347,7 @@ def run(
     if demo == (dataset is not None):
         raise click.UsageError("give a DATASET or --demo")
     engine = _given({k: options.pop(k) for k in ENGINE_OPTIONS})
+    batch_engine = pop_run_engine(options, engine.get("engine"))
     plan = oneshot.RunPlan(
         settings_from(**engine),
         dataset or oneshot.DEMO_FILE,
@@ -359,6 +356,7 @@ def run(
         limit,
         skip_invalid,
         round_size,
+        batch_engine,
     )
     if demo:
         plan = oneshot.demo_plan(plan, engine)

@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 
 class EngineTap:
-    """The worker's one generator, remembering the engine name its results report."""
+    """One generator of the worker (its own or one derived for a batch's engine options),
+    remembering the engine name its results report."""
 
     def __init__(self, inner: GroupGenerator) -> None:
         self.inner = inner

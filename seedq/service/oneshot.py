@@ -76,12 +76,14 @@ class RunPlan:
     limit: int | None = None
     skip_invalid: bool = False
     round_size: int | None = None
+    engine_options: dict[str, Any] | None = None  # the batch's (seedq.service.engines)
 
     def describe(self) -> str:
         s = self.settings
         draft = f" + {s.draft_model}" if s.draft_model else ""
         lines = self.limit or "all"
-        return f"{self.path} ({lines} lines), engine {s.engine} ({s.target_model}{draft})"
+        extra = f" {self.engine_options}" if self.engine_options else ""
+        return f"{self.path} ({lines} lines), engine {s.engine}{extra} ({s.target_model}{draft})"
 
 
 def demo_plan(plan: RunPlan, engine: dict[str, Any]) -> RunPlan:
@@ -131,6 +133,7 @@ def run_file(plan: RunPlan, factory: GeneratorFactory, *, prefer_server: bool = 
             limit=plan.limit,
             skip_invalid=plan.skip_invalid,
             queue_name=queue_name,
+            engine=plan.engine_options,
         )
         worker = TreeWorker(services, factory, queue_name=queue_name, round_size=plan.round_size)
         worker.work(burst=True)

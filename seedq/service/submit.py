@@ -12,9 +12,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from seedq import queue as q
 from seedq.reasoning.jobs import JobSpec, JobSpecError, SearchParams, parse_job
+from seedq.service import engines
 from seedq.service.context import Services
 from seedq.store import repo
 from seedq.store.rows import NewJob, Rejection
@@ -131,9 +133,16 @@ def submit_file(
     limit: int | None = None,
     skip_invalid: bool = False,
     queue_name: str | None = None,
+    engine: dict[str, Any] | None = None,
 ) -> SubmitReport:
-    """Validate ``path``, then store and enqueue it as one batch; see the module docstring."""
+    """Validate ``path``, then store and enqueue it as one batch; see the module docstring.
+    ``engine``: the batch's engine options, as :func:`seedq.service.engines.normalize`
+    returns them (None: the workers' own engine)."""
     t0 = time.perf_counter()
+    try:
+        engine = engines.normalize(engine or {})
+    except engines.EngineOptionError as exc:
+        raise SubmitError(f"{exc}; nothing was submitted") from exc
     specs, bad = validate_lines(read_lines(path, limit), task=task, defaults=defaults)
     t1 = time.perf_counter()
     if bad and not skip_invalid:
@@ -144,7 +153,8 @@ def submit_file(
     if not specs:
         raise SubmitError(f"{path}: no valid lines; nothing was submitted", bad)
     queue = services.queue(queue_name)
-    batch_id, jobs = _store(services, path, queue.name, specs, bad, task, defaults, limit)
+    stored = _store(services, path, queue.name, specs, bad, (task, defaults, limit), engine)
+    batch_id, jobs = stored
     t2 = time.perf_counter()
     _enqueue_or_undo(services, queue.name, batch_id, jobs)
     t3 = time.perf_counter()
@@ -161,10 +171,10 @@ def _store(
     queue_name: str,
     specs: list[tuple[int, JobSpec]],
     bad: list[Rejection],
-    task: str | None,
-    defaults: SearchParams | None,
-    limit: int | None,
+    given: tuple[str | None, SearchParams | None, int | None],
+    engine: dict[str, Any] | None,
 ) -> tuple[str, list[NewJob]]:
+    task, defaults, limit = given
     batch_id = q.new_batch_id()
     jobs = list(_new_jobs(batch_id, specs))
     options = {"task": task, "defaults": defaults.to_json() if defaults else None, "limit": limit}
@@ -177,6 +187,7 @@ def _store(
         options=options,
         jobs=jobs,
         rejected=bad,
+        engine=engine,
     )
     return batch_id, jobs
 

@@ -3,10 +3,12 @@
 It loads its generator (target + draft) once and never forks. Its loop, like RQ's, is a series
 of named steps: :meth:`TreeWorker.take_jobs` claims up to ``round_size`` jobs in FCFS order
 (RQ's ``dequeue_any``: an atomic LMOVE/BLMOVE into the queue's intermediate list), each job's
-tree runs as an asyncio task through the ONE shared generator (so the SeeD scheduler sees all
-of them), and a freed slot is refilled at once. A heartbeat thread, periodic maintenance and
-signal handling (first SIGTERM: stop taking jobs, finish or checkpoint; second: requeue and
-exit at once) keep every job recoverable.
+tree runs as an asyncio task through the generator of its batch's engine options (the
+worker's own, or one derived over the same models per distinct option set, see
+:mod:`seedq.service.engines`), shared by all trees of those options (so the SeeD scheduler
+sees all of them), and a freed slot is refilled at once. A heartbeat thread, periodic
+maintenance and signal handling (first SIGTERM: stop taking jobs, finish or checkpoint;
+second: requeue and exit at once) keep every job recoverable.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from seedq import queue as q
 from seedq.decoding.types import GroupGenerator
 from seedq.service import finish
 from seedq.service.context import Services
+from seedq.service.engines import GeneratorPool
 from seedq.service.heartbeat import Heartbeat
 from seedq.service.jobrun import EngineTap, build_tree
 from seedq.service.maintenance import Maintenance
@@ -85,7 +88,7 @@ class TreeWorker(RQOutcomes):
         self.running: dict[str, Running] = {}
         self.completed = 0
         self._lock = threading.Lock()
-        self._generator: EngineTap | None = None
+        self._pool: GeneratorPool | None = None
         self._heartbeat: Heartbeat | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
@@ -99,10 +102,15 @@ class TreeWorker(RQOutcomes):
         return self.settings.heartbeat_ttl
 
     @property
-    def generator(self) -> EngineTap:
-        if self._generator is None:
+    def generators(self) -> GeneratorPool:
+        """The worker's own generator and those derived for batches' engine options."""
+        if self._pool is None:
             raise RuntimeError("the worker has not loaded its generator yet")
-        return self._generator
+        return self._pool
+
+    @property
+    def generator(self) -> EngineTap:
+        return self.generators.base
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -132,7 +140,7 @@ class TreeWorker(RQOutcomes):
 
     def load_generator(self) -> None:
         t0 = time.perf_counter()
-        self._generator = EngineTap(self.generator_factory())
+        self._pool = GeneratorPool(self.generator_factory(), self.name)
         log.info("worker %s: generator ready in %.1fs", self.name, time.perf_counter() - t0)
 
     def register_worker(self) -> None:
@@ -166,8 +174,8 @@ class TreeWorker(RQOutcomes):
             self.register_death()
         except redis.exceptions.RedisError:
             log.warning("worker %s: could not register its death", self.name, exc_info=True)
-        if self._generator is not None:
-            self._generator.close()
+        if self._pool is not None:
+            self._pool.close()
 
     # ---- the loop ------------------------------------------------------------------------
 
@@ -240,7 +248,8 @@ class TreeWorker(RQOutcomes):
         """Build the tree, then record the outcome (see :mod:`seedq.service.finish`)."""
         try:
             timeout = float(self.settings.job_timeout)
-            result = await build_tree(self.db, self.generator, run.claim, timeout=timeout)
+            generator = self.generators.for_options(run.claim.engine)
+            result = await build_tree(self.db, generator, run.claim, timeout=timeout)
         except asyncio.CancelledError:
             await finish.stopped(self, run)
         except Exception as exc:

@@ -36,6 +36,8 @@ NAMING = {
 }
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
+# a Python None is stored as SQL NULL (not JSON 'null'), so ``IS NULL`` finds it
+NullableJSON = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
 
 def utcnow() -> datetime:
@@ -79,6 +81,8 @@ class Batch(Base):
     total: Mapped[int] = mapped_column(Integer, default=0)
     rejected: Mapped[int] = mapped_column(Integer, default=0)
     options: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    # engine options of the batch (seedq.service.engines), NULL: the workers' own engine
+    engine: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON)
     cancelled_at: Mapped[datetime | None] = mapped_column(DateTime)
 
     jobs: Mapped[list[Job]] = relationship(back_populates="batch", passive_deletes=True)

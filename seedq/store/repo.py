@@ -45,8 +45,9 @@ def create_batch(
     options: dict[str, Any],
     jobs: Sequence[NewJob],
     rejected: Sequence[Rejection] = (),
+    engine: dict[str, Any] | None = None,
 ) -> None:
-    """Store a batch, its queued jobs and its rejected lines in one transaction."""
+    """Store a batch (engine options too), its queued jobs and rejected lines in one go."""
     now = utcnow()
     with db.session() as s:
         s.add(
@@ -59,6 +60,7 @@ def create_batch(
                 total=len(jobs),
                 rejected=len(rejected),
                 options=options,
+                engine=engine,
             )
         )
         s.flush()
@@ -123,14 +125,13 @@ def claim_job(
                 retry_at=None,
             )
         )
-        row = s.execute(
-            select(Job.batch_id, Job.attempts, Job.payload, Job.status).where(Job.id == job_id)
-        ).one_or_none()
+        cols = (Job.batch_id, Job.attempts, Job.payload, Job.status, Batch.engine)
+        row = s.execute(select(*cols).join(Job.batch).where(Job.id == job_id)).one_or_none()
     if row is None:
         return ClaimRefused(job_id, None)
     if done.rowcount != 1:  # type: ignore[attr-defined]
         return ClaimRefused(job_id, row.status)
-    return Claimed(job_id, row.batch_id, row.attempts, dict(row.payload))
+    return Claimed(job_id, row.batch_id, row.attempts, dict(row.payload), row.engine)
 
 
 def heartbeat(db: Database, job_ids: Iterable[str], worker: str) -> set[str]:

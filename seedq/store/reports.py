@@ -27,6 +27,7 @@ class BatchSummary:
     counts: dict[str, int] = field(default_factory=dict)
     first_started: datetime | None = None
     last_finished: datetime | None = None
+    engine_options: dict[str, Any] | None = None  # None: the workers' own engine
 
     @property
     def total(self) -> int:
@@ -62,6 +63,7 @@ class BatchSummary:
             "created_at": self.created_at.isoformat() + "Z",
             "queue": self.queue,
             "source": self.source,
+            "engine_options": self.engine_options,
             "counts": {s: self.counts.get(s, 0) for s in JobStatus.values()},
             "total": self.total,
             "done": self.done,
@@ -112,7 +114,10 @@ def summarize(db: Database, batch_ids: Sequence[str]) -> list[BatchSummary]:
         if b is None:
             continue
         first, last = spans.get(bid, (None, None))
-        out.append(BatchSummary(b.id, b.created_at, b.queue, b.source, per_batch[bid], first, last))
+        counts_of = per_batch[bid]
+        out.append(
+            BatchSummary(b.id, b.created_at, b.queue, b.source, counts_of, first, last, b.engine)
+        )
     return out
 
 
@@ -122,6 +127,8 @@ def iter_results(
     """One JSON-able record per job, in line order: completed jobs with their tree, or (with
     ``errors``) failed, cancelled and rejected lines with their error."""
     wanted = ERROR_STATUSES if errors else (JobStatus.COMPLETED.value,)
+    with db.session() as s:
+        engine = s.scalar(select(Batch.engine).where(Batch.id == batch_id))
     last_line = -1
     while True:
         with db.session() as s:
@@ -134,11 +141,11 @@ def iter_results(
         if not rows:
             return
         for job in rows:
-            yield _error_record(job) if errors else _result_record(job)
+            yield _error_record(job) if errors else _result_record(job, engine)
         last_line = rows[-1].line_no
 
 
-def _result_record(job: Job) -> dict[str, Any]:
+def _result_record(job: Job, engine_options: dict[str, Any] | None) -> dict[str, Any]:
     result = dict(job.result or {})
     return {
         "custom_id": job.custom_id,
@@ -147,6 +154,7 @@ def _result_record(job: Job) -> dict[str, Any]:
         "status": job.status,
         "attempts": job.attempts,
         "wall_seconds": job.wall_seconds,
+        "engine_options": engine_options,
         **result,
     }
 

@@ -85,12 +85,14 @@ class Rejection:
 
 @dataclass(frozen=True)
 class Claimed:
-    """A job this worker now owns: attempt number and its stored payload."""
+    """A job this worker now owns: attempt number, its stored payload and the engine
+    options of its batch (None: the worker's own engine)."""
 
     job_id: str
     batch_id: str
     attempt: int
     payload: dict[str, Any]
+    engine: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from sqlalchemy import text
+
 from seedq.service.context import Services
 from seedq.service.submit import submit_file
 from seedq.store.readonly import run_readonly
@@ -45,6 +47,9 @@ def test_every_query_runs_and_returns_rows(services: Services, tmp_path: Path) -
     a = submit_file(services, path).batch_id
     b = submit_file(services, path).batch_id
     run_burst(services)
+    with services.db.engine.begin() as conn:  # as `seedq submit --engine seed` stores it
+        conn.execute(text("UPDATE batches SET engine = '{\"engine\": \"seed\"}' WHERE id = :b"),
+                     {"b": b})
     for heading, sql in QUERIES:
         res = run_readonly(
             services.settings.database_url, sql.replace("BATCH_A", a).replace("BATCH_B", b)
@@ -61,5 +66,9 @@ def test_every_query_runs_and_returns_rows(services: Services, tmp_path: Path) -
                 ("solution", "solution", 3, 3),
                 ("thought", "sample", 12, 6),
             ]
+        if heading == "Engine asked for and engine that ran":
+            assert sorted((r[0], r[1], r[2]) for r in res.rows) == sorted(
+                [(a, None, "canned"), (b, "seed", "canned")]
+            )
         if heading == "Latency per depth":
             assert [r[0] for r in res.rows] == [1, 1, 2, 2, 3]  # depth 3: the solution

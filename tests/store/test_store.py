@@ -189,20 +189,34 @@ LEGACY_ROW = (
     " 0, 1.5, 0, 1.5, 1, :t)"
 )
 
+LEGACY_BATCH = (
+    "INSERT INTO batches (id, created_at, source, task, queue, total, rejected, options)"
+    " VALUES ('b1', :t, 'f.jsonl', 'gsm8k', 'q', 1, 0, '{}')"
+)
+LEGACY_JOB = (
+    "INSERT INTO jobs (id, batch_id, line_no, custom_id, task, status, attempts, payload,"
+    " created_at) VALUES (:j, 'b1', 1, 'c1', 'gsm8k', 'queued', 0, '{}', :t)"
+)
+
 
 def test_revision_0002_keeps_legacy_rows_until_their_job_completes(database_url: str) -> None:
     database = Database(database_url)
     try:
         assert migrate.upgrade(database, "0001") == "0001"
-        (job_id,) = make_batch(database, 1)
-        with database.engine.begin() as conn:
+        job_id = "b1-000001"
+        with database.engine.begin() as conn:  # the 0001 schema, as its seedq wrote it
+            conn.execute(text(LEGACY_BATCH), {"t": utcnow()})
+            conn.execute(text(LEGACY_JOB), {"j": job_id, "t": utcnow()})
             conn.execute(text(LEGACY_ROW), {"j": job_id, "t": utcnow()})
-        assert migrate.upgrade(database) == "0002"
+        assert migrate.upgrade(database, "0002") == "0002"
         with database.engine.connect() as conn:
             legacy = conn.execute(
                 text("SELECT gen_key, group_key, seq_index, strategy, sequences FROM generations")
             ).all()
         assert [tuple(r) for r in legacy] == [("0.1:evaluation", None, 0, None, 3)]
+        assert migrate.upgrade(database) == migrate.head_revision() == "0003"
+        with database.engine.connect() as conn:  # 0003: batches of old have no engine options
+            assert conn.execute(text("SELECT engine FROM batches")).scalars().all() == [None]
         claim = repo.claim_job(database, job_id, "w", utcnow() - timedelta(seconds=10))
         assert isinstance(claim, Claimed) and claim.attempt == 1  # same attempt as the old rows
         repo.record_node(database, job_id, 1, node("0.1", "0", 1), [gen("0/value#0", "0.1", 4)])
@@ -218,6 +232,7 @@ def test_revision_0002_keeps_legacy_rows_until_their_job_completes(database_url:
             command.downgrade(cfg, "0001")
         columns = {c["name"] for c in inspect(database.engine).get_columns("generations")}
         assert "group_key" not in columns and "seq_index" not in columns
+        assert "engine" not in {c["name"] for c in inspect(database.engine).get_columns("batches")}
         assert migrate.current_revision(database) == "0001"
     finally:
         database.close()
