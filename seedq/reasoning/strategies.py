@@ -159,10 +159,21 @@ class ProposeGenerator(ThoughtGenerator):
 
 
 class Evaluator(ABC):
-    @abstractmethod
     async def evaluate(self, ctx: SearchContext, steps: Steps, key: str,
                        candidates: list[Candidate]) -> list[Judgement | None]:
         """One judgement per usable candidate, None for failed ones."""
+        live = [i for i, c in enumerate(candidates) if c.step.text is not None]
+        judgements: list[Judgement | None] = [None] * len(candidates)
+        if live:
+            texts = [str(candidates[i].step.text) for i in live]
+            for i, judgement in zip(live, await self.judge(ctx, steps, key, texts), strict=True):
+                judgements[i] = judgement
+        return judgements
+
+    @abstractmethod
+    async def judge(self, ctx: SearchContext, steps: Steps, key: str,
+                    texts: list[str]) -> list[Judgement]:
+        """One judgement per usable candidate text (at least one), in order."""
 
 
 def read_values(rule: ValueRule, out: Generated, start: int = 0, stop: int | None = None
@@ -186,52 +197,45 @@ def read_values(rule: ValueRule, out: Generated, start: int = 0, stop: int | Non
 class ValueEvaluator(Evaluator):
     """Each usable candidate judged on its own (``value_samples`` times; greedy when 1)."""
 
-    async def evaluate(self, ctx: SearchContext, steps: Steps, key: str,
-                       candidates: list[Candidate]) -> list[Judgement | None]:
-        live = [i for i, c in enumerate(candidates) if c.step.text is not None]
-        judgements: list[Judgement | None] = [None] * len(candidates)
-        if not live:
-            return judgements
+    async def judge(self, ctx: SearchContext, steps: Steps, key: str,
+                    texts: list[str]) -> list[Judgement]:
         k = ctx.params.value_samples
-        prompts = [ctx.problem.value_prompt(steps, str(candidates[i].step.text))
-                   for i in live for _ in range(k)]
+        prompts = [ctx.problem.value_prompt(steps, text) for text in texts for _ in range(k)]
         group = f"{key}/value"
         params = ctx.sampling(group, max_new_tokens=ctx.params.eval_max_new_tokens,
                               greedy=k == 1)
         out = await ctx.call("evaluation", "value", group, prompts, params)
-        for j, i in enumerate(live):
-            judgements[i] = read_values(ctx.problem.value_rule, out, j * k, (j + 1) * k)
-        return judgements
+        return [read_values(ctx.problem.value_rule, out, j * k, (j + 1) * k)
+                for j in range(len(texts))]
 
 
 class VoteEvaluator(Evaluator):
     """All usable candidates in one vote prompt, sampled ``vote_samples`` times; a
     candidate's score is its share of the samples (unparsable votes are abstentions)."""
 
-    async def evaluate(self, ctx: SearchContext, steps: Steps, key: str,
-                       candidates: list[Candidate]) -> list[Judgement | None]:
-        live = [i for i, c in enumerate(candidates) if c.step.text is not None]
-        judgements: list[Judgement | None] = [None] * len(candidates)
-        if not live:
-            return judgements
+    async def judge(self, ctx: SearchContext, steps: Steps, key: str,
+                    texts: list[str]) -> list[Judgement]:
         k = ctx.params.vote_samples
-        prompt = ctx.problem.vote_prompt(steps, [str(candidates[i].step.text) for i in live])
+        prompt = ctx.problem.vote_prompt(steps, texts)
         group = f"{key}/vote"
         params = ctx.sampling(group, max_new_tokens=ctx.params.eval_max_new_tokens,
                               greedy=k == 1)
         out = await ctx.call("evaluation", "vote", group, [prompt] * k, params)
-        votes = [parse_vote(s.text, len(live)) for s in out.sequences]
+        votes = [parse_vote(s.text, len(texts)) for s in out.sequences]
         parsed = sum(v is not None for v in votes)
         metrics = {
-            **out.metrics("evaluation", shared=len(live)),
+            **out.metrics("evaluation", shared=len(texts)),
             "evaluation_samples": k,
             "evaluation_unparsed": k - parsed,
         }
-        texts = SEPARATOR.join(s.text for s in out.sequences)
-        for j, i in enumerate(live):
+        answers = SEPARATOR.join(s.text for s in out.sequences)
+        judgements = []
+        for j in range(len(texts)):
             count = votes.count(j)
             header = f"{count} of {k} votes ({k - parsed} unparsable)"
-            judgements[i] = Judgement(count / k if parsed else None, f"{header}\n{texts}", metrics)
+            judgements.append(
+                Judgement(count / k if parsed else None, f"{header}\n{answers}", metrics)
+            )
         return judgements
 
 
