@@ -115,21 +115,19 @@ async def stopped(worker: TreeWorker, run: Running) -> None:
     try:
         if run.stop_reason == "shutdown":
             worker.rq_requeue(run)
-            await asyncio.to_thread(
-                repo.release_job,
-                worker.db,
-                run.job_id,
-                worker.name,
-                run.claim.attempt,
-                note="checkpointed at worker shutdown",
-                kind="shutdown",
-                refund_attempt=True,
-            )
+            await asyncio.to_thread(_release_at_shutdown, worker, run,
+                                    "checkpointed at worker shutdown")
             log.warning("worker %s: checkpointed %s back to the queue", worker.name, run.job_id)
             return
         await _disowned(worker, run)
     except Exception:
         _let_go(worker, run, "recording its stop")
+
+
+def _release_at_shutdown(worker: TreeWorker, run: Running, note: str) -> None:
+    """Give a job back at shutdown without spending one of its attempts."""
+    repo.release_job(worker.db, run.job_id, worker.name, run.claim.attempt, note=note,
+                     kind="shutdown", refund_attempt=True)
 
 
 async def _disowned(worker: TreeWorker, run: Running) -> None:
@@ -150,15 +148,7 @@ def abandon_all(worker: TreeWorker, runs: list[Running]) -> None:
     try:
         q.requeue_ids(worker.queue, ids, at_front=True)
         for run in runs:
-            repo.release_job(
-                worker.db,
-                run.job_id,
-                worker.name,
-                run.claim.attempt,
-                note="requeued at a cold worker shutdown",
-                kind="shutdown",
-                refund_attempt=True,
-            )
+            _release_at_shutdown(worker, run, "requeued at a cold worker shutdown")
     except Exception:
         log.warning(
             "worker %s: cold shutdown could not requeue %s; maintenance will",

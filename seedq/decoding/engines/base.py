@@ -3,6 +3,7 @@ prefix encoded once, and peak-memory measurement."""
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Sequence
@@ -30,8 +31,8 @@ class Runtime:
     drafter: Drafter | None = None
     draft_model: LanguageModel | None = None
 
-    @property
-    def stop_rule(self) -> StopRule:
+    @functools.cached_property
+    def stop_rule(self) -> StopRule:  # built once, used on every commit
         return StopRule(self.tokenizer)
 
 
