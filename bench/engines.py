@@ -3,7 +3,10 @@
 Prints a table and writes JSON: wall seconds and speedup over ``ar``, tokens/s, acceptance
 rate (accepted / drafted), mean accepted length (tokens per target forward), target forwards
 per generated token, the target's busy fraction (seconds computing / wall), peak memory, and
-whether the greedy output equals ``ar``'s token for token.
+whether the greedy output equals ``ar``'s token for token. The reference implementation runs in
+the same process on the same prompt ids (``bench/hf_reference.py``, off with ``--no-hf``):
+HF ``generate`` serial and batched, and HF assisted generation per draft. Every seedq run
+starts with empty prefix caches.
 
     python bench/engines.py --target tiny --drafts tiny-draft,ngram
     python bench/engines.py --target smollm2 --drafts smollm2-int8,ngram --n 4 --max-new-tokens 64
@@ -24,8 +27,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import hf_reference  # noqa: E402
 from seedq.decoding.config import EngineConfig  # noqa: E402
-from seedq.decoding.factory import _load, generator_from_models  # noqa: E402
+from seedq.decoding.factory import LocalGenerator, _load, generator_from_models  # noqa: E402
 from seedq.decoding.loading import NGRAM, LoadedModel  # noqa: E402
 from seedq.decoding.types import GroupRequest, GroupResult, SamplingParams  # noqa: E402
 
@@ -37,6 +41,7 @@ BUNDLED_GSM8K = ROOT / "seedq" / "data" / "samples" / "gsm8k_demo.jsonl"
 class Variant:
     label: str
     config: EngineConfig
+    hf: str = ""  # "": a seedq engine; "serial" / "batched" / "assisted": HF generate
 
 
 def load_prompts(count: int) -> list[str]:
@@ -54,12 +59,18 @@ def variants(args: argparse.Namespace) -> list[Variant]:
     base = EngineConfig(target=args.target, device=args.device, dtype=args.dtype,
                         gamma=args.gamma)
     k = tuple(int(x) for x in args.k_config.split(","))
+    hf = args.hf
     out = [Variant("ar", replace(base, engine="ar")),
-           Variant("batch", replace(base, engine="batch"))]
+           *([Variant("hf-generate", replace(base, engine="ar"), "serial")] if hf else []),
+           Variant("batch", replace(base, engine="batch")),
+           *([Variant("hf-generate-batched", replace(base, engine="batch"), "batched")]
+             if hf else [])]
     for draft in args.drafts.split(","):
         spec = replace(base, draft=draft)
         out += [
             Variant(f"sd[{draft}]", replace(spec, engine="sd")),
+            *([Variant(f"hf-assisted[{draft}]", replace(spec, engine="sd"), "assisted")]
+              if hf else []),
             Variant(f"mcsd[{draft}] k={args.k_config}", replace(spec, engine="mcsd", k_config=k)),
             Variant(f"seed[{draft}]", replace(spec, engine="seed")),
             Variant(f"seed[{draft}] V={args.n} B={args.n}",
@@ -77,10 +88,8 @@ def summarize(result: GroupResult, baseline: GroupResult | None, calls: int) -> 
     accepted = sum(s.metrics.accepted_tokens for s in seqs)
     forwards = sum(s.metrics.target_forwards for s in seqs)
     busy = result.stats.get("target_busy_seconds")
-    if busy is None:  # serial engines: target time is the sum of their verify/forward time
-        busy = sum(s.metrics.verify_seconds for s in seqs)
-        if result.engine == "batch":
-            busy = max(s.metrics.verify_seconds for s in seqs)
+    if busy is None:  # other engines: target time is the sum of their verify/forward time
+        busy = sum(s.metrics.verify_seconds for s in seqs)  # batched forwards split per row
     return {
         "wall_seconds": result.wall_seconds,
         "new_tokens": tokens,
@@ -96,7 +105,27 @@ def summarize(result: GroupResult, baseline: GroupResult | None, calls: int) -> 
         "peak_memory_mib": result.peak_memory_bytes / 2**20,
         "identical_to_ar": None if baseline is None else all(
             a.token_ids == b.token_ids for a, b in zip(baseline.sequences, seqs, strict=True)),
+        "identical_sequences": None if baseline is None else sum(
+            a.token_ids == b.token_ids for a, b in zip(baseline.sequences, seqs, strict=True)),
     }
+
+
+def run_once(variant: Variant, generator: LocalGenerator | None, target: LoadedModel,
+             draft: LoadedModel | None, request: GroupRequest) -> tuple[GroupResult, int]:
+    """One run of a variant: its result and the target forward calls it made."""
+    if variant.hf == "serial":
+        return hf_reference.run_serial(variant.label, target, request)
+    if variant.hf == "batched":
+        return hf_reference.run_batched(variant.label, target, request)
+    if variant.hf == "assisted":
+        return hf_reference.run_assisted(variant.label, target, variant.config.draft or NGRAM,
+                                         draft, request, variant.config.gamma)
+    assert generator is not None
+    generator.runtime.prefix.target.clear()  # every run starts cold: no prompt KV cached
+    generator.runtime.prefix.draft.clear()
+    calls_before = target.model.forwards
+    result = generator.run(request)
+    return result, target.model.forwards - calls_before
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -121,21 +150,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         draft = None
         if variant.config.draft and variant.config.draft != NGRAM:
             draft = model(variant.config.draft)
-        generator = generator_from_models(variant.config, model(args.target), draft)
+        generator = None if variant.hf else generator_from_models(
+            variant.config, model(args.target), draft)
         best: dict[str, Any] | None = None
         for _ in range(args.repeat):
-            calls_before = model(args.target).model.forwards
-            result = generator.run(request)
-            calls = model(args.target).model.forwards - calls_before
+            result, calls = run_once(variant, generator, model(args.target), draft, request)
             if variant.label == "ar" and baseline is None:
                 baseline = result
             # token identity is the greedy guarantee; sampled runs follow the same distribution
             # but consume randomness differently, so their tokens are not compared
             compare = baseline if variant.label != "ar" and args.temperature == 0 else None
             row = summarize(result, compare, calls)
+            if variant.hf:  # HF does not say how long its target computed
+                row["target_busy_fraction"] = None
             if best is None or row["wall_seconds"] < best["wall_seconds"]:
                 best = row
-        generator.close()
+        if generator is not None:
+            generator.close()
         assert best is not None
         rows.append({"engine": variant.label, **best})
     ar_wall = rows[0]["wall_seconds"]
@@ -170,7 +201,7 @@ def print_table(report: dict[str, Any]) -> None:
               f"{fmt(r['tokens_per_target_forward'], '>8.2f')}"
               f"{fmt(r['target_forwards_per_token'], '>8.2f')}"
               f"{fmt(r['target_calls_per_token'], '>9.2f')}"
-              f"{r['target_busy_fraction']:>6.2f}{r['peak_memory_mib']:>7.0f}"
+              f"{fmt(r['target_busy_fraction'], '>6.2f')}{r['peak_memory_mib']:>7.0f}"
               f"{fmt(r['identical_to_ar'], '>6')}")
 
 
@@ -187,6 +218,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--hf", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run HF generate (serial, batched) and assisted generation")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "engines.json"))
     args = parser.parse_args()
     report = run(args)

@@ -91,6 +91,7 @@ def main() -> int:
     parser.add_argument("--lines", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--sqlite-only", action="store_true")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "submit.json")
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory(prefix="seedq-bench-") as tmp:
@@ -120,7 +121,7 @@ def main() -> int:
             + "".join(f"{float(r[p]):>10.2f}" for p in PHASES)  # type: ignore[arg-type]
             + f"{rate:>10.0f}"
         )
-    out = ROOT / "bench" / "results" / "submit.json"
+    out = args.out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(
@@ -139,7 +140,7 @@ def main() -> int:
         )
         + "\n"
     )
-    print(f"wrote {out.relative_to(ROOT)}")
+    print(f"wrote {out}")
     return 0
 
 

@@ -4,7 +4,8 @@
 
 Prints a table per engine and task, and writes every tree's numbers to
 bench/results/trees.json: success, nodes, wall seconds per tree, the split between thought
-generation and evaluation, speedup over ``ar`` (same trees, same run) and acceptance.
+generation and evaluation, speedup over ``ar`` (same trees, same run), acceptance and the
+prefix-cache hit rate (prompt tokens whose KV the target reused / all prompt tokens).
 """
 
 from __future__ import annotations
@@ -116,6 +117,8 @@ def row(engine: str, result: TreeResult) -> dict[str, Any]:
         "final_seconds": phases["solution"]["seconds"] + phases["judge"]["seconds"],
         "new_tokens": m["total"]["new_tokens"], "drafted_tokens": m["total"]["drafted_tokens"],
         "accepted_tokens": m["total"]["accepted_tokens"],
+        "prompt_tokens": m["total"].get("prompt_tokens", 0),
+        "reused_prompt_tokens": m["total"].get("reused_prompt_tokens", 0),
         "thoughts": [n.thought for n in result.tree.nodes if n.kind != "root"],
     }
 
@@ -156,6 +159,7 @@ def _summary(engine: str, task: str, items: list[dict[str, Any]],
     drafted = sum(r["drafted_tokens"] for r in items)
     scored = [r["correct"] for r in items if r["correct"] is not None]
     same = sum(b["thoughts"] == r["thoughts"] for r, b in zip(items, base, strict=False))
+    prompt = sum(r["prompt_tokens"] for r in items)
     return {
         "engine": engine, "task": task, "trees": n,
         "success": sum(scored) / len(scored) if scored else None,
@@ -166,14 +170,18 @@ def _summary(engine: str, task: str, items: list[dict[str, Any]],
         "speedup_vs_ar": base_wall / wall if base_wall and wall else None,
         "acceptance": sum(r["accepted_tokens"] for r in items) / drafted if drafted else None,
         "same_trees_as_ar": same / n if base_wall is not None else None,
+        # prompt tokens whose KV came from the target's prefix cache / all prompt tokens
+        "prefix_hit_rate": sum(r["reused_prompt_tokens"] for r in items) / prompt
+        if prompt else None,
     }
 
 
 def table(summary: list[dict[str, Any]]) -> str:
     head = ("engine", "task", "trees", "success", "nodes", "s/tree", "thought s", "eval s",
-            "speedup", "accept", "same")
+            "speedup", "accept", "same", "prefix hit")
     keys = ("engine", "task", "trees", "success", "nodes", "wall_per_tree", "thought_per_tree",
-            "evaluation_per_tree", "speedup_vs_ar", "acceptance", "same_trees_as_ar")
+            "evaluation_per_tree", "speedup_vs_ar", "acceptance", "same_trees_as_ar",
+            "prefix_hit_rate")
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for s in summary:
         cells = [s[k] if not isinstance(s[k], float) else f"{s[k]:.2f}" for k in keys]

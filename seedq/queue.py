@@ -3,7 +3,9 @@
 Every Redis name seedq uses is defined here. Jobs are RQ jobs serialized with
 ``rq.serializers.JSONSerializer`` (never pickle) whose only argument is a :class:`JobPayload`;
 the job id is deterministic (``<batch id>-<line number>``), so enqueueing or retrying a job
-twice can never create two copies of it.
+twice can never create two copies of it. The payload names the SQL store the job lives in
+(``store``: the id :mod:`seedq.store.identity` keeps in the database), so a worker connected
+to another database leaves the job where it is.
 """
 
 from __future__ import annotations
@@ -36,15 +38,17 @@ class PayloadError(ValueError):
 
 
 class JobPayload(TypedDict):
-    """The JSON argument of every seedq RQ job; the job itself lives in the database."""
+    """The JSON argument of every seedq RQ job; the job itself lives in the database.
+    ``store`` is the id of that database (None in payloads enqueued before it existed)."""
 
     v: int
     job_id: str
     batch_id: str
+    store: str | None
 
 
-def make_payload(job_id: str, batch_id: str) -> JobPayload:
-    return {"v": PAYLOAD_VERSION, "job_id": job_id, "batch_id": batch_id}
+def make_payload(job_id: str, batch_id: str, store: str | None = None) -> JobPayload:
+    return {"v": PAYLOAD_VERSION, "job_id": job_id, "batch_id": batch_id, "store": store}
 
 
 def payload_of(job: RQJob) -> JobPayload:
@@ -57,10 +61,12 @@ def payload_of(job: RQJob) -> JobPayload:
     raw = args[0]
     if raw.get("v") != PAYLOAD_VERSION:
         raise PayloadError(f"RQ job {job.id}: payload version {raw.get('v')!r} is not supported")
-    job_id, batch_id = raw.get("job_id"), raw.get("batch_id")
+    job_id, batch_id, store = raw.get("job_id"), raw.get("batch_id"), raw.get("store")
     if not isinstance(job_id, str) or not isinstance(batch_id, str):
         raise PayloadError(f"RQ job {job.id}: payload needs string job_id and batch_id")
-    return make_payload(job_id, batch_id)
+    if store is not None and not isinstance(store, str):
+        raise PayloadError(f"RQ job {job.id}: payload store must be a string")
+    return make_payload(job_id, batch_id, store)
 
 
 def new_batch_id() -> str:
@@ -85,6 +91,20 @@ def batch_of(job_id: str) -> str:
 def maintenance_lock_key(queue_name: str) -> str:
     """Held by the one worker that looks for abandoned jobs of ``queue_name`` right now."""
     return f"{KEY_PREFIX}:{queue_name}:maintenance"
+
+
+def redis_marker_key(queue_name: str) -> str:
+    """Set by maintenance and never expiring: when it is gone, Redis lost its data."""
+    return f"{KEY_PREFIX}:{queue_name}:marker"
+
+
+def missing_ids(queue: Queue, job_ids: Sequence[str]) -> list[str]:
+    """The ids among ``job_ids`` that have no RQ record (Redis lost them)."""
+    with queue.connection.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.exists(RQJob.key_for(job_id))
+        found = pipe.execute()
+    return [j for j, present in zip(job_ids, found, strict=True) if not present]
 
 
 def connect(url: str) -> Redis:
@@ -149,10 +169,11 @@ def requeue_ids(
     at_front: bool = True,
     job_timeout: int = DEFAULT_JOB_TIMEOUT,
     result_ttl: int = DEFAULT_RESULT_TTL,
+    store: str | None = None,
 ) -> None:
     """Put jobs back on the queue exactly once, wherever they were before (queue, claim
-    list, end or scheduled registries). Jobs whose RQ record is gone (Redis lost its data)
-    are enqueued afresh under the same id."""
+    list, end or scheduled registries), in the order given. Jobs whose RQ record is gone
+    (Redis lost its data) are enqueued afresh under the same id, for ``store``."""
     if not job_ids:
         return
     conn = queue.connection
@@ -173,10 +194,68 @@ def requeue_ids(
             (pipe.lpush if at_front else pipe.rpush)(queue.key, *ordered)
             pipe.execute()
     if missing:
-        payloads = [make_payload(j, batch_of(j)) for j in missing]
+        payloads = [make_payload(j, batch_of(j), store) for j in missing]
         enqueue_jobs(
             queue, payloads, job_timeout=job_timeout, result_ttl=result_ttl, at_front=at_front
         )
+
+
+def push_back(queue: Queue, job_id: str) -> None:
+    """Return a job this worker claimed (LMOVE) but will not run to the front of the queue,
+    atomically (MULTI): it keeps its place in FCFS order."""
+    with queue.connection.pipeline(transaction=True) as pipe:
+        pipe.lrem(queue.intermediate_queue_key, 0, job_id)
+        pipe.lpush(queue.key, job_id)
+        pipe.execute()
+
+
+# One pass over the queue list (atomic: no worker claims meanwhile): drop the ids that start
+# with ARGV[1], keep the others in order, return the dropped ones.
+_REMOVE_PREFIX = """
+local prefix = ARGV[1]
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+local keep, removed = {}, {}
+for _, id in ipairs(items) do
+  if string.sub(id, 1, #prefix) == prefix then
+    removed[#removed + 1] = id
+  else
+    keep[#keep + 1] = id
+  end
+end
+if #removed > 0 then
+  redis.call('DEL', KEYS[1])
+  for i = 1, #keep, 5000 do
+    redis.call('RPUSH', KEYS[1], unpack(keep, i, math.min(i + 4999, #keep)))
+  end
+end
+return removed
+"""
+
+
+def remove_batch(queue: Queue, batch_id: str) -> list[str]:
+    """Remove every waiting job of a batch from the queue and the retry schedule, with their
+    RQ records, in bulk; returns the removed job ids. Jobs being claimed right now are left
+    to their worker (the database refuses them)."""
+    prefix = job_id_for(batch_id, 0)[: -len("000000")]
+    conn = queue.connection
+    removed = [as_str(j) for j in conn.eval(_REMOVE_PREFIX, 1, queue.key, prefix)]
+    scheduled = queue.scheduled_job_registry
+    parked = [
+        as_str(j) for j in conn.zrange(scheduled.key, 0, -1) if as_str(j).startswith(prefix)
+    ]
+    ids = removed + parked
+    for start in range(0, len(ids), ENQUEUE_CHUNK):
+        chunk = ids[start : start + ENQUEUE_CHUNK]
+        with conn.pipeline(transaction=False) as pipe:
+            if parked:
+                pipe.zrem(scheduled.key, *chunk)
+            pipe.unlink(*(RQJob.key_for(j) for j in chunk))
+            pipe.execute()
+    return ids
+
+
+def as_str(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def reenqueue(

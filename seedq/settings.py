@@ -1,12 +1,14 @@
 """One ``Settings`` object, read from ``SEEDQ_*`` environment variables once and passed down.
 
 Without any variable set, seedq talks to a local Redis (``redis://127.0.0.1:6379/0``) and keeps
-its database in an SQLite file under ``./var``.
+its database in an SQLite file at an absolute per-user path
+(``$XDG_DATA_HOME/seedq/seedq.sqlite``, else ``~/.local/share/seedq/seedq.sqlite``).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -16,8 +18,22 @@ if TYPE_CHECKING:
     from seedq.decoding.config import EngineConfig
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-DEFAULT_DATABASE_URL = "sqlite:///var/seedq.sqlite"
 DEFAULT_QUEUE = "seedq"
+
+
+def default_database_url(env: Mapping[str, str] | None = None) -> str:
+    """An SQLite file at an absolute per-user data path, whatever the working directory."""
+    env = os.environ if env is None else env
+    data = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return f"sqlite:///{Path(data).expanduser().absolute() / 'seedq' / 'seedq.sqlite'}"
+
+
+DEFAULT_DATABASE_URL = default_database_url()
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``: safe to print and log."""
+    return _mask_password(url)
 
 
 class SettingsError(ValueError):
@@ -55,6 +71,16 @@ def _env_str(env: Mapping[str, str], name: str, default: str | None) -> str | No
     return default if raw is None or raw == "" else raw
 
 
+def _env_port(env: Mapping[str, str], name: str) -> int | None:
+    """A TCP port (0: any free one), or None when unset."""
+    if not env.get(name):
+        return None
+    port = _env_int(env, name, 0, 0)
+    if port > 65535:
+        raise SettingsError(f"{name} must be a TCP port (0-65535), got {port}")
+    return port
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the service needs to know; built once (``Settings.from_env()``).
@@ -73,9 +99,10 @@ class Settings:
     device: str = "cpu"
     dtype: str = "float32"
     round_size: int = 4
-    heartbeat_seconds: float = 5.0
-    heartbeat_ttl: int = 20
-    maintenance_seconds: float = 15.0
+    # defaults re-run a kill -9'd worker's jobs within ~7 s: TTL 5 + maintenance every 2
+    heartbeat_seconds: float = 1.0
+    heartbeat_ttl: int = 5
+    maintenance_seconds: float = 2.0
     dequeue_timeout: int = 5
     max_attempts: int = 3
     retry_backoff_seconds: float = 10.0
@@ -83,6 +110,19 @@ class Settings:
     job_timeout: int = 3600
     shutdown_grace_seconds: float = 30.0
     result_ttl: int = 86400
+    metrics_port: int | None = None  # a worker serves Prometheus metrics here when set
+    metrics_addr: str = "0.0.0.0"
+    # seedq query: its own login (default: database_url as query_role), its time limit
+    query_database_url: str | None = None
+    query_role: str = "seedq_reader"
+    query_timeout: float = 60.0
+    # input limits of submit (per line) and of the worker (per job)
+    max_line_bytes: int = 1_048_576
+    max_json_depth: int = 32
+    max_prompt_tokens: int = 8192
+    max_tree_nodes: int = 65_536  # breadth x depth x draft tree size
+    max_draft_tree: int = 256  # nodes of a --k-config draft tree
+    worker_memory_budget_mb: int | None = None  # None: 75% of RAM; 0: no guard
 
     def __post_init__(self) -> None:
         if self.heartbeat_ttl <= self.heartbeat_seconds:
@@ -99,8 +139,7 @@ class Settings:
         default_ttl = max(cls.heartbeat_ttl, int(heartbeat * 4) + 1)
         return cls(
             redis_url=_env_str(env, "SEEDQ_REDIS_URL", DEFAULT_REDIS_URL) or DEFAULT_REDIS_URL,
-            database_url=_env_str(env, "SEEDQ_DATABASE_URL", DEFAULT_DATABASE_URL)
-            or DEFAULT_DATABASE_URL,
+            database_url=_env_str(env, "SEEDQ_DATABASE_URL", None) or default_database_url(env),
             queue=_env_str(env, "SEEDQ_QUEUE", DEFAULT_QUEUE) or DEFAULT_QUEUE,
             target_model=_env_str(env, "SEEDQ_TARGET_MODEL", "smollm2") or "smollm2",
             draft_model=_env_str(env, "SEEDQ_DRAFT_MODEL", None),
@@ -126,6 +165,9 @@ class Settings:
                 env, "SEEDQ_SHUTDOWN_GRACE", cls.shutdown_grace_seconds, 0.0
             ),
             result_ttl=_env_int(env, "SEEDQ_RESULT_TTL", cls.result_ttl, 1),
+            metrics_port=_env_port(env, "SEEDQ_METRICS_PORT"),
+            metrics_addr=_env_str(env, "SEEDQ_METRICS_ADDR", "0.0.0.0") or "0.0.0.0",
+            **_guard_settings(env),
         )
 
     def with_overrides(self, **overrides: Any) -> Settings:
@@ -172,12 +214,46 @@ class Settings:
         return out
 
 
+def _guard_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """The query and input-limit settings (see docs/DEPLOY.md)."""
+    budget = env.get("SEEDQ_WORKER_MEMORY_BUDGET_MB")
+    return {
+        "query_database_url": _env_str(env, "SEEDQ_QUERY_DATABASE_URL", None),
+        "query_role": _env_str(env, "SEEDQ_QUERY_ROLE", "seedq_reader") or "seedq_reader",
+        "query_timeout": _env_float(env, "SEEDQ_QUERY_TIMEOUT", Settings.query_timeout, 0.001),
+        "max_line_bytes": _env_int(env, "SEEDQ_MAX_LINE_BYTES", Settings.max_line_bytes, 64),
+        "max_json_depth": _env_int(env, "SEEDQ_MAX_JSON_DEPTH", Settings.max_json_depth, 2),
+        "max_prompt_tokens": _env_int(
+            env, "SEEDQ_MAX_PROMPT_TOKENS", Settings.max_prompt_tokens, 1
+        ),
+        "max_tree_nodes": _env_int(env, "SEEDQ_MAX_TREE_NODES", Settings.max_tree_nodes, 1),
+        "max_draft_tree": _env_int(env, "SEEDQ_MAX_DRAFT_TREE", Settings.max_draft_tree, 1),
+        "worker_memory_budget_mb": (
+            _env_int(env, "SEEDQ_WORKER_MEMORY_BUDGET_MB", 0, 0) if budget else None
+        ),
+    }
+
+
+def url_password(url: str) -> str | None:
+    """The password in ``url`` (``user:pw@`` or a ``password=`` query parameter), if any."""
+    _scheme, sep, rest = url.partition("://")
+    if not sep:
+        return None
+    creds, at, _host = rest.rpartition("@")
+    if at and ":" in creds:
+        return creds.split(":", 1)[1] or None
+    match = re.search(r"[?&]password=([^&#]*)", url)
+    return match.group(1) or None if match else None
+
+
 def _mask_password(url: str) -> str:
     scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
+    if not sep:
         return url
+    url = re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
+    rest = url.partition("://")[2]
     creds, at, host = rest.rpartition("@")
-    if ":" in creds:
+    if at and ":" in creds:
         user = creds.split(":", 1)[0]
         return f"{scheme}://{user}:***{at}{host}"
     return url

@@ -67,13 +67,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--round-size", type=int, default=None, help="trees run at once")
     parser.add_argument("--queue", default=None, help="queue name (default SEEDQ_QUEUE)")
     parser.add_argument("--name", default=None, help="worker name (default host.pid.random)")
-    parser.add_argument("-v", "--verbose", action="count", default=0)
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus metrics on this port (default SEEDQ_METRICS_PORT)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
+    parser.add_argument("-q", "--quiet", action="count", default=0, help="no job lines")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose, 2),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    settings = Settings.from_env()
+    from seedq import redact
+    from seedq.cli.group import set_log_level
+
+    redact.install()  # no URL password in any log line or error
+
+    # one INFO line per job by default, like `rq worker`
+    set_log_level(logging.INFO - 10 * min(args.verbose, 1) + 10 * min(args.quiet, 2), logging.INFO)
+    settings = Settings.from_env().with_overrides(metrics_port=args.metrics_port)
     run_worker(
         settings, burst=args.burst, round_size=args.round_size, queue=args.queue, name=args.name
     )

@@ -9,21 +9,8 @@ from typing import Any
 
 import click
 
-from seedq.decoding.config import ENGINES, MCSD_RULES, EngineConfig
+from seedq.cli.engine_flags import local_engine_config, local_engine_flags
 from seedq.decoding.types import DecodingError, GroupRequest, GroupResult, SamplingParams
-
-
-def parse_k_config(value: str | None) -> tuple[int, ...]:
-    if not value:
-        return ()
-    try:
-        config = tuple(int(part) for part in value.split(","))
-    except ValueError as exc:
-        raise click.BadParameter(f"expected comma-separated integers like 2,1,1, got {value!r}",
-                                 param_hint="--k-config") from exc
-    if any(k < 1 for k in config):
-        raise click.BadParameter("every entry must be >= 1", param_hint="--k-config")
-    return config
 
 
 def read_prompts(prompts: tuple[str, ...], prompts_file: Path | None) -> list[str]:
@@ -91,9 +78,7 @@ def print_table(payload: dict[str, Any]) -> None:
 
 
 @click.command()
-@click.option("--engine", type=click.Choice(ENGINES), default="ar", show_default=True)
-@click.option("--target", default="smollm2", show_default=True, help="HF id, directory or smollm2")
-@click.option("--draft", default=None, help="HF id, directory, smollm2-int8 or ngram")
+@local_engine_flags
 @click.option("--prompt", "prompts", multiple=True, help="A prompt (repeatable).")
 @click.option("--prompts-file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-n", "n", type=click.IntRange(1, 256), default=1, show_default=True,
@@ -104,29 +89,14 @@ def print_table(payload: dict[str, Any]) -> None:
 @click.option("--top-p", type=click.FloatRange(0.0, 1.0, min_open=True), default=1.0,
               show_default=True)
 @click.option("--stop", multiple=True, help="Stop string (repeatable).")
-@click.option("--gamma", type=click.IntRange(1, 64), default=4, show_default=True)
-@click.option("--k-config", default=None, help="Draft tree, e.g. 2,1,1 (mcsd, seed).")
-@click.option("--mcsd-rule", type=click.Choice(MCSD_RULES), default="without", show_default=True)
-@click.option("--verify-batch", type=click.IntRange(1, 256), default=1, show_default=True)
-@click.option("--draft-batch", type=click.IntRange(1, 256), default=1, show_default=True)
-@click.option("--draft-threads", type=click.IntRange(1, 64), default=2, show_default=True)
 @click.option("--seed", type=int, default=None, help="Seed sampling (sequence i uses seed+i).")
 @click.option("--chat/--no-chat", default=False, help="Wrap prompts in the chat template.")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]),
-              default="float32", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def generate(**options: Any) -> None:
     """Generate N sequences per prompt with one engine and print texts and metrics."""
     prompts = read_prompts(options["prompts"], options["prompts_file"])
+    config = local_engine_config(options)
     try:
-        config = EngineConfig(
-            engine=options["engine"], target=options["target"], draft=options["draft"],
-            device=options["device"], dtype=options["dtype"], gamma=options["gamma"],
-            k_config=parse_k_config(options["k_config"]), mcsd_rule=options["mcsd_rule"],
-            verify_batch=options["verify_batch"], draft_batch=options["draft_batch"],
-            draft_threads=options["draft_threads"],
-        )
         params = SamplingParams(
             temperature=options["temperature"], top_k=options["top_k"], top_p=options["top_p"],
             max_new_tokens=options["max_new_tokens"], stop=tuple(options["stop"]),

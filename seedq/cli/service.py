@@ -1,67 +1,49 @@
-"""Service commands: submit, worker, run, status, results, retry, cancel, workers, query, db."""
+"""Service commands: submit, worker, run, status, results, retry, cancel, workers."""
 
 from __future__ import annotations
 
 import json
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import fields
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 import redis.exceptions
 
+from seedq.cli import monitor
 from seedq.cli.engine_flags import (
     ENGINE_OPTIONS,
     batch_engine_flags,
     engine_options,
     pop_batch_engine,
     pop_run_engine,
-    speculation_flags,
+    run_engine_flags,
 )
-from seedq.queue import pending_count
-from seedq.reasoning.errors import JobSpecError
-from seedq.reasoning.params import SearchParams
+from seedq.cli.errors import ConfigError, remember
+from seedq.cli.group import global_overrides
+from seedq.cli.progress import TreeProgress
+from seedq.cli.tree_flags import search_defaults, tree_flags
+from seedq.report.terminal import next_steps
 from seedq.service import control, present
 from seedq.service.context import Services, open_services
-from seedq.settings import Settings, SettingsError
-from seedq.store import migrate, readonly, reports
-from seedq.store.db import Database, StoreError
+from seedq.settings import Settings, SettingsError, mask_url
+from seedq.store import reports
+from seedq.store.db import StoreError
+from seedq.store.rows import Rejection
 
-F = TypeVar("F", bound=Callable[..., Any])
-SEARCH_FIELDS = {f.name: f.default for f in fields(SearchParams)}
-
-
-def search_options(func: F) -> F:
-    """One ``--<name>`` option per SearchParams field: defaults for every line of the file."""
-    for name, default in reversed(list(SEARCH_FIELDS.items())):
-        kind = type(default) if isinstance(default, str | float) else int
-        flag = "--" + name.replace("_", "-")
-        func = click.option(
-            flag, name, type=kind, default=None, help=f"search default {name} (built-in: {default})"
-        )(func)
-    return func
-
-
-def search_defaults(options: dict[str, Any]) -> SearchParams | None:
-    given = {k: v for k, v in options.items() if k in SEARCH_FIELDS and v is not None}
-    if not given:
-        return None
-    try:
-        return SearchParams().updated(given)
-    except JobSpecError as exc:
-        flag = "--" + exc.field.removeprefix("search.").replace("_", "-")
-        raise click.BadParameter(exc.reason, param_hint=flag) from exc
+SHOWN_REJECTIONS = 20
 
 
 def settings_from(**overrides: Any) -> Settings:
+    """SEEDQ_* settings, then the global options (--database-url ...), then ``overrides``."""
+    given = {**global_overrides(), **{k: v for k, v in overrides.items() if v is not None}}
     try:
-        return Settings.from_env().with_overrides(**overrides)
+        return remember(Settings.from_env().with_overrides(**given))
     except SettingsError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise ConfigError(str(exc)) from exc
 
 
 @contextmanager
@@ -74,7 +56,9 @@ def services_for(settings: Settings, *, check_schema: bool = True) -> Iterator[S
     try:
         yield services
     except redis.exceptions.ConnectionError as exc:
-        raise click.ClickException(f"cannot reach Redis at {settings.redis_url}: {exc}") from exc
+        raise click.ClickException(
+            f"cannot reach Redis at {mask_url(settings.redis_url)}: {exc}"
+        ) from exc
     except (StoreError, control.ControlError) as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
@@ -83,13 +67,11 @@ def services_for(settings: Settings, *, check_schema: bool = True) -> Iterator[S
 
 @click.command()
 @click.argument("dataset", type=click.Path(path_type=Path))
-@click.option("--task", default=None, help="task of lines without a 'task' field")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="first K lines only")
+@tree_flags
 @click.option("--skip-invalid", is_flag=True, help="store bad lines as rejected, submit the rest")
 @click.option("--wait", is_flag=True, help="show a progress bar until the batch is done")
 @click.option("--queue", default=None, help="queue name (default SEEDQ_QUEUE)")
 @batch_engine_flags
-@search_options
 def submit(
     dataset: Path,
     task: str | None,
@@ -117,11 +99,9 @@ def submit(
                 engine=engine,
             )
         except SubmitError as exc:
-            for rej in exc.rejections:
-                click.echo(f"{dataset}:{rej.message()}", err=True)
+            echo_rejections(dataset, exc.rejections)
             raise click.ClickException(str(exc)) from exc
-        for rej in report.rejected:
-            click.echo(f"{dataset}:{rej.message()} (rejected)", err=True)
+        echo_rejections(dataset, report.rejected, " (rejected)")
         click.echo(
             f"batch {report.batch_id}: {report.accepted} jobs queued on "
             f"{settings.queue}, {len(report.rejected)} rejected"
@@ -130,47 +110,48 @@ def submit(
         )
         click.echo(report.batch_id)
         if wait:
-            wait_for(services, report.batch_id)
+            monitor.wait_for(services, report.batch_id)
 
 
-def wait_for(services: Services, batch_id: str, poll: float = 1.0) -> None:
-    """A progress bar over finished jobs until the batch is done."""
-    summary = reports.summarize(services.db, [batch_id])[0]
-    total = summary.total - summary.counts.get("rejected", 0)
-    with click.progressbar(length=total, label=batch_id, file=sys.stderr) as bar:
-        shown = 0
-        while True:
-            summary = reports.summarize(services.db, [batch_id])[0]
-            finished = total - summary.remaining
-            bar.update(finished - shown)
-            shown = finished
-            if summary.done:
-                break
-            time.sleep(poll)
-    click.echo(present.status_table([summary]), err=True)
+def echo_rejections(path: Path, rejections: list[Rejection], suffix: str = "") -> None:
+    """The first :data:`SHOWN_REJECTIONS` bad lines, one per line, then how many more."""
+    for rej in rejections[:SHOWN_REJECTIONS]:
+        click.echo(f"{path}:{rej.message()}{suffix}", err=True)
+    if len(rejections) > SHOWN_REJECTIONS:
+        more = len(rejections) - SHOWN_REJECTIONS
+        click.echo(f"{path}: ... and {more} more bad line(s)", err=True)
+
+
+WATCH = click.option("--watch", is_flag=True, help="redraw every --interval seconds")
+INTERVAL = click.option("--interval", type=click.FloatRange(min=0.1), default=2.0,
+                        show_default=True, help="seconds between --watch frames")
 
 
 @click.command()
 @click.argument("batch", required=False)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.option("--limit", type=click.IntRange(min=1), default=10, help="recent batches shown")
-def status(batch: str | None, as_json: bool, limit: int) -> None:
-    """Counts per status, throughput and ETA of BATCH (default: the recent batches)."""
+@WATCH
+@INTERVAL
+def status(batch: str | None, as_json: bool, limit: int, watch: bool, interval: float) -> None:
+    """Counts per status, throughput and ETA of BATCH (default: the recent batches).
+    BATCH --json is one object shaped like an OpenAI batch; --watch redraws until done."""
+    if watch and as_json:
+        raise click.UsageError("--watch redraws the table; leave out --json")
     settings = settings_from()
     with services_for(settings) as services:
-        ids = [batch] if batch else reports.recent_batch_ids(services.db, limit)
-        summaries = reports.summarize(services.db, ids)
-        if batch and not summaries:
-            raise click.ClickException(f"no batch {batch!r}")
         if as_json:
-            click.echo(json.dumps([s.to_json() for s in summaries], indent=2))
-            return
-        click.echo(present.status_table(summaries) if summaries else "no batches yet")
-        for name in sorted({s.queue for s in summaries} or {settings.queue}):
-            waiting = pending_count(services.queue(name))
-            click.echo(f"queue {name}: {waiting} waiting", err=True)
-        alive = control.list_workers(services)
-        click.echo(f"{len(alive)} live worker(s)", err=True)
+            click.echo(monitor.status_json(services, batch, limit))
+        elif watch:
+            def frame() -> tuple[str, bool]:
+                table, notes, done = monitor.status_frame(services, batch, limit)
+                return f"{table}\n{notes}", done
+
+            monitor.watch(frame, interval)
+        else:
+            table, notes, _ = monitor.status_frame(services, batch, limit)
+            click.echo(table)
+            click.echo(notes, err=True)
 
 
 @click.command()
@@ -227,70 +208,22 @@ def cancel(batch: str) -> None:
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.option("--all", "include_dead", is_flag=True, help="include workers that stopped beating")
-def workers(as_json: bool, include_dead: bool) -> None:
-    """Live workers and the jobs they are running."""
+@WATCH
+@INTERVAL
+def workers(as_json: bool, include_dead: bool, watch: bool, interval: float) -> None:
+    """Live workers and the jobs they are running (--watch: redraw until Ctrl-C)."""
+    if watch and as_json:
+        raise click.UsageError("--watch redraws the table; leave out --json")
     settings = settings_from()
     with services_for(settings) as services:
+        if watch:
+            monitor.watch(lambda: (monitor.workers_frame(services, include_dead), False), interval)
+            return
         infos = control.list_workers(services, include_dead=include_dead)
         if as_json:
             click.echo(json.dumps([w.to_json() for w in infos], indent=2))
         else:
             click.echo(present.workers_table(infos) if infos else "no live workers")
-
-
-@click.command()
-@click.argument("sql")
-@click.option("--csv", "fmt", flag_value="csv", help="CSV output")
-@click.option("--json", "fmt", flag_value="json", help="JSON output")
-@click.option("--max-rows", type=click.IntRange(min=1), default=10_000)
-def query(sql: str, fmt: str | None, max_rows: int) -> None:
-    """Run one read-only SQL statement (writes are refused by the database)."""
-    settings = settings_from()
-    try:
-        res = readonly.run_readonly(settings.database_url, sql, max_rows=max_rows)
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from exc
-    if fmt == "csv":
-        click.echo(present.as_csv(res.columns, res.rows), nl=False)
-    elif fmt == "json":
-        click.echo(present.as_json(res.columns, res.rows))
-    else:
-        click.echo(present.table(res.columns, res.rows))
-    if res.truncated:
-        click.echo(f"(first {max_rows} rows only)", err=True)
-
-
-@click.group()
-def db() -> None:
-    """Database schema."""
-
-
-@db.command()
-def upgrade() -> None:
-    """Create or migrate the database schema to the latest revision."""
-    settings = settings_from()
-    database = Database(settings.database_url)
-    try:
-        revision = migrate.upgrade(database)
-        click.echo(f"{database.describe()}: schema at revision {revision}")
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from exc
-    finally:
-        database.close()
-
-
-@db.command()
-def current() -> None:
-    """Show the schema revision of the database and the one this seedq needs."""
-    settings = settings_from()
-    database = Database(settings.database_url)
-    try:
-        click.echo(
-            f"{database.describe()}: at {migrate.current_revision(database)}, "
-            f"needs {migrate.head_revision()}"
-        )
-    finally:
-        database.close()
 
 
 @click.command()
@@ -303,33 +236,36 @@ def current() -> None:
 )
 @click.option("--queue", default=None, help="queue name (default SEEDQ_QUEUE)")
 @click.option("--name", default=None, help="worker name (default host.pid.random)")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="serve Prometheus metrics on this port (default SEEDQ_METRICS_PORT)")
 @engine_options
 def worker(
-    burst: bool, round_size: int | None, queue: str | None, name: str | None, **engine: Any
+    burst: bool, round_size: int | None, queue: str | None, name: str | None,
+    metrics_port: int | None, **engine: Any
 ) -> None:
-    """Run a worker: load the models once, then build trees from the queue."""
+    """Run a worker: load the models once, then build trees from the queue (one log line
+    per job; -q for none, -v for more)."""
     from workers.gpu import run_worker
 
-    settings = settings_from(queue=queue, **engine)
+    settings = settings_from(queue=queue, metrics_port=metrics_port, **engine)
     try:
         done = run_worker(settings, burst=burst, round_size=round_size, name=name)
     except StoreError as exc:
         raise click.ClickException(str(exc)) from exc
     except redis.exceptions.ConnectionError as exc:
-        raise click.ClickException(f"cannot reach Redis at {settings.redis_url}: {exc}") from exc
+        raise click.ClickException(
+            f"cannot reach Redis at {mask_url(settings.redis_url)}: {exc}"
+        ) from exc
     click.echo(f"worker done: {done} job(s) completed", err=True)
 
 
 @click.command()
 @click.argument("dataset", type=click.Path(path_type=Path), required=False)
 @click.option("--demo", is_flag=True, help="a small bundled GSM8K batch with SmolLM2")
-@click.option("--task", default=None, help="task of lines without a 'task' field")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="first K lines only")
+@tree_flags
 @click.option("--skip-invalid", is_flag=True, help="store bad lines as rejected, run the rest")
 @click.option("--round-size", type=click.IntRange(min=1), default=None, help="trees at once")
-@engine_options
-@speculation_flags
-@search_options
+@run_engine_flags
 def run(
     dataset: Path | None,
     demo: bool,
@@ -347,7 +283,6 @@ def run(
     if demo == (dataset is not None):
         raise click.UsageError("give a DATASET or --demo")
     engine = _given({k: options.pop(k) for k in ENGINE_OPTIONS})
-    batch_engine = pop_run_engine(options, engine.get("engine"))
     plan = oneshot.RunPlan(
         settings_from(**engine),
         dataset or oneshot.DEMO_FILE,
@@ -356,20 +291,30 @@ def run(
         limit,
         skip_invalid,
         round_size,
-        batch_engine,
     )
     if demo:
         plan = oneshot.demo_plan(plan, engine)
+    # the speculation flags become the batch's options, checked against the engine that runs
+    plan = replace(plan, engine_options=pop_run_engine(options, plan.settings.engine))
     click.echo(f"running {plan.describe()}", err=True)
     try:
-        outcome = oneshot.run_file(plan, generator_factory(plan.settings))
+        with TreeProgress(None, "trees") as bar:  # drawn on a terminal only
+            outcome = oneshot.run_file(
+                plan, generator_factory(plan.settings), listeners=(bar.listener(),)
+            )
     except SubmitError as exc:
-        for rej in exc.rejections:
-            click.echo(f"{plan.path}:{rej.message()}", err=True)
+        echo_rejections(plan.path, exc.rejections)
         raise click.ClickException(str(exc)) from exc
     except StoreError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(present.run_outcome(outcome))
+    click.echo(next_steps(outcome.batch_id, _program()), err=True)
+
+
+def _program() -> str:
+    """How the user called seedq (``.venv/bin/seedq`` under ``make demo``)."""
+    called = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("seedq")
+    return str(called) if called.name == "seedq" else "seedq"
 
 
 def _given(values: dict[str, Any]) -> dict[str, Any]:
@@ -378,5 +323,5 @@ def _given(values: dict[str, Any]) -> dict[str, Any]:
 
 def register(group: click.Group) -> None:
     """Add this module's commands to the ``seedq`` group."""
-    for command in (submit, worker, run, status, results, retry, cancel, workers, query, db):
+    for command in (submit, worker, run, status, results, retry, cancel, workers):
         group.add_command(command)

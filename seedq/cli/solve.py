@@ -12,13 +12,13 @@ from typing import Any, TextIO
 
 import click
 
-from seedq.decoding.config import DTYPES, ENGINES, EngineConfig
-from seedq.decoding.types import DecodingError, GroupGenerator
-from seedq.reasoning import TASK_NAMES, JobSpec, JobSpecError, TreeResult, parse_job, run_tree
-from seedq.reasoning.params import EVALUATORS, GENERATORS, SEARCHES
-
-SEARCH_OPTIONS = ("breadth", "depth", "beam", "search", "generator", "evaluator",
-                  "max_new_tokens", "temperature")
+from seedq.cli.engine_flags import local_engine_config, local_engine_flags
+from seedq.cli.progress import TreeProgress
+from seedq.cli.tree_flags import take_search, tree_flags
+from seedq.decoding.config import EngineConfig
+from seedq.decoding.types import GroupGenerator
+from seedq.reasoning import JobSpec, JobSpecError, TreeResult, parse_job, run_tree
+from seedq.report.terminal import show_result
 
 
 @dataclass(frozen=True)
@@ -75,72 +75,49 @@ def summary(number: int, result: TreeResult) -> str:
             f"nodes={len(result.tree.nodes)}\t{wall:.1f}s")
 
 
-async def run_jobs(jobs: list[LineJob], generator: GroupGenerator, as_json: bool) -> int:
-    """Run the trees one after another, printing each result; the number that failed."""
+async def run_jobs(jobs: list[LineJob], generator: GroupGenerator, as_json: bool,
+                   show: bool = False) -> int:
+    """Run the trees one after another, printing each result (and with ``show`` its tree,
+    on stderr under ``--json``); the number that failed."""
     failed = 0
+    bar = TreeProgress(len(jobs), "trees").start()  # drawn on a terminal only
+    counted = bar.counting(generator)
     try:
         for job in jobs:
             try:
-                result = await run_tree(job.spec, generator)
+                result = await run_tree(job.spec, counted)
             except Exception as exc:  # one broken tree must not stop the others
                 failed += 1
                 click.echo(f"line {job.number}: tree failed: {type(exc).__name__}: {exc}", err=True)
                 continue
-            click.echo(json.dumps(result.to_json(), ensure_ascii=False) if as_json
-                       else summary(job.number, result))
+            finally:
+                bar.advance()
+            bar.echo(json.dumps(result.to_json(), ensure_ascii=False) if as_json
+                     else summary(job.number, result))
+            if show:
+                show_result(result.to_json(), err=as_json)
     finally:
+        bar.stop()
         await close_generator(generator)
     return failed
 
 
-def _engine_config(options: dict[str, Any]) -> EngineConfig:
-    k_config: tuple[int, ...] = ()
-    if options["k_config"]:
-        try:
-            k_config = tuple(int(k) for k in options["k_config"].split(","))
-        except ValueError:
-            raise click.BadParameter("must be integers separated by commas, e.g. 2,1,1",
-                                     param_hint="--k-config") from None
-    try:
-        return EngineConfig(
-            engine=options["engine"], target=options["target"], draft=options["draft"],
-            device=options["device"], dtype=options["dtype"], gamma=options["gamma"],
-            k_config=k_config, verify_batch=options["verify_batch"],
-        )
-    except DecodingError as exc:
-        raise click.UsageError(str(exc)) from exc
-
-
 @click.command("solve")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--task", type=click.Choice(TASK_NAMES), help="Task of lines without 'task'.")
-@click.option("--limit", type=click.IntRange(min=1), help="Only the first K lines.")
-@click.option("--engine", type=click.Choice(ENGINES), default="ar", show_default=True)
-@click.option("--target", default="smollm2", show_default=True, help="Target model.")
-@click.option("--draft", default=None, help="Draft model (sd, mcsd, seed).")
-@click.option("--gamma", type=int, default=4, show_default=True, help="Chain draft length.")
-@click.option("--k-config", default="", help="Tree draft, e.g. 2,1,1.")
-@click.option("--verify-batch", type=int, default=1, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True)
-@click.option("--breadth", type=int, help="Thoughts per expanded node.")
-@click.option("--depth", type=int, help="Steps of the tree.")
-@click.option("--beam", type=int, help="States kept per depth (bfs).")
-@click.option("--search", type=click.Choice(SEARCHES))
-@click.option("--generator", type=click.Choice(GENERATORS))
-@click.option("--evaluator", type=click.Choice(EVALUATORS))
-@click.option("--max-new-tokens", type=int, help="Token budget of a thought.")
-@click.option("--temperature", type=float, help="Sampling temperature of thoughts and votes.")
+@tree_flags
+@local_engine_flags
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per tree.")
-def solve(file: Path, task: str | None, limit: int | None, as_json: bool,
+@click.option("--show", is_flag=True,
+              help="Also draw each tree in the terminal (as `seedq show` does).")
+def solve(file: Path, task: str | None, limit: int | None, as_json: bool, show: bool,
           **options: Any) -> None:
     """Build one reasoning tree per line of FILE (JSONL) and print the results.
 
     Bad lines are reported on stderr with their line number and field; the other lines
     still run, and the exit code is 1 at the end.
     """
-    search = {name: options.pop(name) for name in SEARCH_OPTIONS}
-    search = {name: value for name, value in search.items() if value is not None}
+    search = take_search(options)
+    config = local_engine_config(options)  # checked before any line runs
     with file.open(encoding="utf-8") as handle:
         items = list(read_jobs(handle, task, search, limit))
     errors = [item for item in items if isinstance(item, str)]
@@ -149,8 +126,8 @@ def solve(file: Path, task: str | None, limit: int | None, as_json: bool,
         click.echo(message, err=True)
     failed = 0
     if jobs:
-        generator = open_generator(_engine_config(options))
-        failed = asyncio.run(run_jobs(jobs, generator, as_json))
+        generator = open_generator(config)
+        failed = asyncio.run(run_jobs(jobs, generator, as_json, show))
     if errors or failed:
         raise click.exceptions.Exit(1)
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from seedq.decoding import registry
 from seedq.decoding.types import DecodingError
 
-ENGINES = ("ar", "batch", "sd", "mcsd", "seed")
+ENGINES = registry.NAMES  # one entry per engine in seedq.decoding.registry
 MCSD_RULES = ("with", "without")  # candidates drawn with / without replacement
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -14,6 +15,9 @@ DTYPES = ("float32", "float16", "bfloat16")
 @dataclass(frozen=True)
 class EngineConfig:
     """Everything needed to build a group generator.
+
+    Each engine uses only the speculation options its registry entry lists
+    (:mod:`seedq.decoding.registry`); the others keep their defaults and are ignored.
 
     ``target`` / ``draft`` are Hugging Face ids or local directories, or the built-in
     name ``smollm2`` (SmolLM2-135M-Instruct, shipped offline). ``draft`` may also be
@@ -34,8 +38,7 @@ class EngineConfig:
     draft_threads: int = 2  # seed: drafter threads working in parallel
 
     def __post_init__(self) -> None:
-        if self.engine not in ENGINES:
-            raise DecodingError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        spec = registry.get(self.engine)  # raises for an unknown engine
         if self.dtype not in DTYPES:
             raise DecodingError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.mcsd_rule not in MCSD_RULES:
@@ -48,9 +51,9 @@ class EngineConfig:
             raise DecodingError("verify_batch and draft_batch must be in 1..256")
         if not 1 <= self.draft_threads <= 64:
             raise DecodingError(f"draft_threads must be in 1..64, got {self.draft_threads}")
-        if self.engine in ("sd", "mcsd", "seed") and not self.draft:
+        if spec.needs_draft and not self.draft:
             raise DecodingError(f"engine {self.engine!r} needs a draft (--draft)")
 
     @property
     def speculative(self) -> bool:
-        return self.engine in ("sd", "mcsd", "seed")
+        return registry.get(self.engine).needs_draft

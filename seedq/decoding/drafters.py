@@ -9,6 +9,7 @@ model at all. Each keeps its per-sequence state in ``SequenceState.draft``.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -75,6 +76,7 @@ class _Growth:
     state: SequenceState
     tree: DraftTree
     depths: tuple[int, ...]
+    replacement: bool = False  # tree candidates drawn with replacement
     level: int = 0  # depths drafted so far
     feed: list[int] = field(default_factory=list)  # nodes to feed in the next forward
 
@@ -93,26 +95,40 @@ class ModelDrafter:
     def draft(self, state: SequenceState) -> DraftTree:
         return self.draft_many([state])[0]
 
-    def draft_many(self, states: list[SequenceState]) -> list[DraftTree]:
+    def draft_many(
+        self, states: list[SequenceState], shapes: Sequence[DraftShape] | None = None
+    ) -> list[DraftTree]:
+        """One draft per state, one batched forward per depth; ``shapes`` gives each state
+        its own draft shape (the SeeD scheduler batches groups of different options)."""
         trees = [DraftTree() for _ in states]
+        shapes = shapes or [self.shape] * len(states)
         growing = [
-            _Growth(state, tree, draft_depth(state, self.shape))
-            for state, tree in zip(states, trees, strict=True)
+            _Growth(state, tree, draft_depth(state, shape), shape.with_replacement)
+            for state, tree, shape in zip(states, trees, shapes, strict=True)
         ]
         growing = [g for g in growing if g.depths]
         for g in growing:
             g.state.draft_nodes = []
         while growing:
-            began = time.perf_counter()
-            logits = forward_rows(self.model, [self._row(g) for g in growing])
-            elapsed = time.perf_counter() - began
-            for g in growing:
-                g.state.metrics.draft_forwards += 1
-                g.state.metrics.draft_seconds += elapsed
-            growing = [g for g, rows in zip(growing, logits, strict=True) if self._grow(g, rows)]
+            growing = self._step(growing)
         for state, tree in zip(states, trees, strict=True):
             state.metrics.drafted_tokens += len(tree)
         return trees
+
+    def _step(self, growing: list[_Growth]) -> list[_Growth]:
+        """One batched draft forward, one depth more for every tree; returns the trees that
+        need another. Each row is charged its share of the forward plus its own sampling."""
+        began = time.perf_counter()
+        logits = forward_rows(self.model, [self._row(g) for g in growing])
+        share = (time.perf_counter() - began) / len(growing)
+        still = []
+        for g, rows in zip(growing, logits, strict=True):
+            grown = time.perf_counter()
+            if self._grow(g, rows):
+                still.append(g)
+            g.state.metrics.draft_forwards += 1
+            g.state.metrics.draft_seconds += share + time.perf_counter() - grown
+        return still
 
     def _row(self, g: _Growth) -> RowInput:
         cache = g.state.draft
@@ -143,7 +159,7 @@ class ModelDrafter:
             g.tree.add(token, parent, source)
             for row, parent in enumerate(frontier)
             for token, source in candidates(
-                logits[row], probs[row], k, g.state, self.shape.with_replacement
+                logits[row], probs[row], k, g.state, g.replacement
             )
         ]
         g.level += 1

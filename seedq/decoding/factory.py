@@ -4,42 +4,61 @@ engine, and expose both a blocking ``run`` and the awaitable ``generate`` of Gro
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from typing import Any
 
-from seedq.decoding import loading
+from seedq.decoding import cancel, loading, registry
 from seedq.decoding.config import EngineConfig
 from seedq.decoding.drafters import Drafter, DraftShape, ModelDrafter, NgramDrafter
-from seedq.decoding.engines.ar import AutoregressiveEngine
 from seedq.decoding.engines.base import Engine, Runtime
 from seedq.decoding.engines.batch import BatchEngine
-from seedq.decoding.engines.seed import SeedScheduler
-from seedq.decoding.engines.speculative import SpeculativeEngine
+from seedq.decoding.engines.rounds import RoundBatcher
+from seedq.decoding.engines.seed import GroupSpec, SeedScheduler
 from seedq.decoding.loading import LoadedModel
+from seedq.decoding.prefix_cache import PrefixCaches
+from seedq.decoding.target import TargetHub
 from seedq.decoding.tiny import TINY_DRAFT, TINY_TARGET, perturbed_copy, tiny_model, tiny_tokenizer
 from seedq.decoding.types import DecodingError, GroupRequest, GroupResult
 
-DEFAULT_TREE = (2, 1, 1)
-
 
 def draft_shape(config: EngineConfig) -> DraftShape:
-    replacement = config.mcsd_rule == "with"
-    if config.engine == "mcsd":
-        return DraftShape(config.k_config or DEFAULT_TREE, replacement)
-    if config.engine == "seed" and config.k_config:
-        return DraftShape(config.k_config, replacement)
+    """A tree when the engine's registry entry uses one (``k_config``, else its default
+    tree), else a chain of ``gamma`` tokens."""
+    tree = registry.draft_tree(config)
+    if tree:
+        return DraftShape(tree, config.mcsd_rule == "with")
     return DraftShape.chain(config.gamma)
 
 
 class LocalGenerator:
-    """A GroupGenerator over in-process models. Non-seed engines run one group at a time;
-    the seed engine's scheduler interleaves the groups of concurrent callers."""
+    """A GroupGenerator over in-process models. ``ar``, ``sd`` and ``mcsd`` run one group at
+    a time (under the target lock shared with every generator over the same target); seed
+    groups go to the one SeeD scheduler of the target, which interleaves the groups of
+    concurrent callers; ``batch`` groups go to the one round batcher of the target, which
+    decodes the groups of all callers in shared forwards (``SEEDQ_ROUND_BATCHER=0``: one
+    group at a time, as the other engines). A cancelled ``generate`` frees the target: a
+    seed or round group is dropped at its next step, any other group stops at its next
+    forward (:mod:`seedq.decoding.cancel`)."""
 
-    def __init__(self, config: EngineConfig, runtime: Runtime) -> None:
+    def __init__(self, config: EngineConfig, runtime: Runtime, hub: TargetHub | None = None
+                 ) -> None:
         self.config = config
         self.runtime = runtime
-        self._lock = threading.Lock()
-        self.engine: Engine | SeedScheduler = _engine(config, runtime)
+        self._owns_hub = hub is None
+        self.hub = hub or TargetHub()
+        built = _engine(config, runtime)
+        self._spec: GroupSpec | None = None
+        if isinstance(built, SeedScheduler):
+            self._spec = built.own_spec()
+            built = self.hub.share(built)
+        self.engine: Engine | SeedScheduler = built
+        self.rounds: RoundBatcher | None = None
+        if isinstance(built, BatchEngine) and os.environ.get("SEEDQ_ROUND_BATCHER", "1") != "0":
+            self.rounds = self.hub.round_batcher(runtime)
+        for model in (runtime.target, runtime.draft_model):
+            if model is not None:
+                cancel.install(model.model)
 
     @property
     def name(self) -> str:
@@ -47,34 +66,46 @@ class LocalGenerator:
 
     def run(self, request: GroupRequest) -> GroupResult:
         if isinstance(self.engine, SeedScheduler):
-            return self.engine.run(request)
-        with self._lock:
+            return self.engine.run(request, self._spec)
+        if self.rounds is not None:
+            return self.rounds.run(request, self.runtime)
+        with self.hub.lock:
+            cancel.check()  # given up on while it waited for the target
             return self.engine.run(request)
 
     async def generate(self, request: GroupRequest) -> GroupResult:
         if isinstance(self.engine, SeedScheduler):
-            return await asyncio.wrap_future(self.engine.submit(request))
-        return await asyncio.to_thread(self.run, request)
+            return await asyncio.wrap_future(self.engine.submit(request, self._spec))
+        if self.rounds is not None:  # a cancelled await cancels the future: dropped
+            return await asyncio.wrap_future(self.rounds.submit(request, self.runtime))
+        stop = threading.Event()
+        try:
+            return await asyncio.to_thread(self._run_until, request, stop)
+        finally:
+            stop.set()  # a caller that gave up stops the thread at its next forward
+
+    def _run_until(self, request: GroupRequest, stop: threading.Event) -> GroupResult:
+        with cancel.cancellable(stop):
+            return self.run(request)
 
     def close(self) -> None:
-        if isinstance(self.engine, SeedScheduler):
-            self.engine.close()
+        """Stops the shared scheduler and round batcher when this generator owns the hub
+        (the worker's own generator does; derived ones do not)."""
+        if self._owns_hub:
+            self.hub.close()
 
 
 def _engine(config: EngineConfig, runtime: Runtime) -> Engine | SeedScheduler:
-    if config.engine == "ar":
-        return AutoregressiveEngine(runtime)
-    if config.engine == "batch":
-        return BatchEngine(runtime)
-    if config.engine in ("sd", "mcsd"):
-        return SpeculativeEngine(runtime, config.engine)
-    return SeedScheduler(runtime, config.verify_batch, config.draft_batch, config.draft_threads)
+    return registry.build(config, runtime)  # one entry per engine: seedq.decoding.registry
 
 
 def generator_from_models(
-    config: EngineConfig, target: LoadedModel, draft: LoadedModel | None = None
+    config: EngineConfig, target: LoadedModel, draft: LoadedModel | None = None,
+    prefix: PrefixCaches | None = None, hub: TargetHub | None = None,
 ) -> LocalGenerator:
-    """Wire already-loaded models (tests pass tiny in-process ones)."""
+    """Wire already-loaded models (tests pass tiny in-process ones). ``prefix``: prefix
+    caches to share (another runtime's over the same models), else new ones; ``hub``: the
+    target lock and SeeD scheduler to share (another generator's over the same target)."""
     drafter: Drafter | None = None
     if config.speculative:
         shape = draft_shape(config)
@@ -91,7 +122,9 @@ def generator_from_models(
     # from this one (derive_generator) can draft with it
     runtime = Runtime(config, target.model, target.tokenizer, drafter,
                       draft.model if draft is not None else None)
-    return LocalGenerator(config, runtime)
+    if prefix is not None:
+        runtime.prefix = prefix
+    return LocalGenerator(config, runtime, hub)
 
 
 def load_generator(config: EngineConfig) -> LocalGenerator:
@@ -129,4 +162,4 @@ def derive_generator(base: LocalGenerator, config: EngineConfig) -> LocalGenerat
                 f"{held}"
             )
         draft = LoadedModel(runtime.draft_model, runtime.tokenizer)
-    return generator_from_models(config, target, draft)
+    return generator_from_models(config, target, draft, runtime.prefix, base.hub)

@@ -60,7 +60,8 @@ class SequenceState:
                               self.metrics)
 
 
-def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator | None:
+def make_generator(seed: int | None) -> torch.Generator | None:
+    """A seeded CPU generator (the sampling math runs on the CPU), or None for no seed."""
     if seed is None:
         return None
     generator = torch.Generator(device="cpu")

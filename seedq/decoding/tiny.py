@@ -78,7 +78,7 @@ def tiny_model(seed: int = 0, layers: int = 2, hidden: int = 64, init_range: flo
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=2048,
+        max_position_embeddings=8192,  # the context workers check prompts against (no weights)
         initializer_range=init_range,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -37,9 +37,6 @@ class DraftTree:
     def is_chain(self) -> bool:
         return all(parent == node - 1 for node, parent in enumerate(self.parents))
 
-    def nodes_at_depth(self, depth: int) -> list[int]:
-        return [node for node, d in enumerate(self.depths) if d == depth]
-
     def path_tokens(self, nodes: tuple[int, ...] | list[int]) -> list[int]:
         return [self.tokens[node] for node in nodes]
 

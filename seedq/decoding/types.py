@@ -89,6 +89,8 @@ class SequenceMetrics:
     verify_seconds: float = 0.0
     wait_seconds: float = 0.0  # drafted and waiting for the verifier
     wall_seconds: float = 0.0
+    prompt_tokens: int = 0
+    reused_prompt_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
 
     @property
     def acceptance_rate(self) -> float:

@@ -54,6 +54,8 @@ class PhaseStats:
     drafted_tokens: int = 0
     accepted_tokens: int = 0
     target_forwards: int = 0
+    prompt_tokens: int = 0
+    reused_prompt_tokens: int = 0  # taken from the prefix cache
 
     def add(self, result: GroupResult) -> None:
         self.groups += 1
@@ -64,6 +66,8 @@ class PhaseStats:
             self.drafted_tokens += seq.metrics.drafted_tokens
             self.accepted_tokens += seq.metrics.accepted_tokens
             self.target_forwards += seq.metrics.target_forwards
+            self.prompt_tokens += seq.metrics.prompt_tokens
+            self.reused_prompt_tokens += seq.metrics.reused_prompt_tokens
 
 
 class Ledger:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -11,7 +12,10 @@ from rq.worker import Worker
 
 from seedq import queue as q
 from seedq.service.context import Services
+from seedq.service.recovery import heartbeat_lapse_seconds
 from seedq.store import repo, reports
+
+log = logging.getLogger(__name__)
 
 
 class ControlError(ValueError):
@@ -19,15 +23,21 @@ class ControlError(ValueError):
 
 
 def cancel_batch(services: Services, batch_id: str) -> int:
-    """Cancel the queued and running jobs of a batch. Queued ones are skipped when a worker
-    dequeues them; running ones are stopped by their worker at its next heartbeat."""
-    if not reports.batch_exists(services.db, batch_id):
+    """Cancel the queued and running jobs of a batch: the database first, then its waiting
+    entries leave Redis in bulk (queue list, retry schedule, RQ records). Running ones are
+    stopped by their worker at its next heartbeat."""
+    queue_name = reports.batch_queue(services.db, batch_id)
+    if queue_name is None:
         raise ControlError(f"no batch {batch_id!r}")
-    return repo.cancel_batch(services.db, batch_id)
+    n = repo.cancel_batch(services.db, batch_id)
+    removed = q.remove_batch(services.queue(queue_name), batch_id)
+    log.info("batch %s: %d job(s) cancelled, %d removed from Redis", batch_id, n, len(removed))
+    return n
 
 
 def retry(services: Services, *, batch_id: str | None = None, job_id: str | None = None) -> int:
-    """Queue the failed and cancelled jobs of a batch (or one job) again, attempts reset."""
+    """Queue the failed and cancelled jobs of a batch (or one job) again; their attempts are
+    kept (``retries`` counts the retries, the attempt budget starts over)."""
     if batch_id is not None and not reports.batch_exists(services.db, batch_id):
         raise ControlError(f"no batch {batch_id!r}")
     targets = repo.reset_for_retry(services.db, batch_id=batch_id, job_id=job_id)
@@ -36,7 +46,7 @@ def retry(services: Services, *, batch_id: str | None = None, job_id: str | None
         raise ControlError(f"{what}: no failed or cancelled job to retry")
     by_queue: dict[str, list[q.JobPayload]] = defaultdict(list)
     for t in targets:
-        by_queue[t.queue].append(q.make_payload(t.job_id, t.batch_id))
+        by_queue[t.queue].append(q.make_payload(t.job_id, t.batch_id, services.store_id))
     s = services.settings
     for name, payloads in by_queue.items():
         q.reenqueue(
@@ -76,20 +86,22 @@ class WorkerInfo:
 
 def list_workers(services: Services, *, include_dead: bool = False) -> list[WorkerInfo]:
     """Workers registered in Redis, with the jobs the database says each is running. A
-    worker is alive while its last heartbeat is younger than ``heartbeat_ttl``."""
+    worker is alive until its heartbeat lapses (``recovery.heartbeat_lapse_seconds``); with
+    ``include_dead``, dead ones are listed too, also those whose Redis record expired while
+    the database still shows jobs running on them."""
     now = datetime.now(timezone.utc)
-    ttl = services.settings.heartbeat_ttl
+    lapse = heartbeat_lapse_seconds(services.settings)
     out = []
     for w in Worker.all(connection=services.redis, serializer=q.SERIALIZER):
         beat = w.last_heartbeat
-        alive = beat is not None and (now - beat).total_seconds() < ttl and w.death_date is None
+        alive = beat is not None and (now - beat).total_seconds() < lapse and w.death_date is None
         if not alive and not include_dead:
             continue
         out.append(
             WorkerInfo(
                 w.name,
                 w.queue_names(),
-                str(w.get_state()),
+                str(w.get_state()) if alive else "dead",
                 w.hostname,
                 w.pid,
                 beat,
@@ -98,7 +110,23 @@ def list_workers(services: Services, *, include_dead: bool = False) -> list[Work
                 w.failed_job_count,
             )
         )
+    if include_dead:
+        out += _gone_workers(services, {w.name for w in out})
     jobs = reports.running_jobs(services.db, [w.name for w in out])
     for info in out:
         info.jobs = jobs.get(info.name, [])
     return sorted(out, key=lambda i: i.name)
+
+
+def _gone_workers(services: Services, known: set[str]) -> list[WorkerInfo]:
+    """Workers Redis no longer knows (their record expired) that jobs still run on."""
+    out = []
+    for name, (queues, beat) in reports.running_workers(services.db).items():
+        if name in known:
+            continue
+        host, _, rest = name.partition(".")
+        pid = rest.split(".", 1)[0]
+        last = beat.replace(tzinfo=timezone.utc) if beat is not None else None
+        pid_no = int(pid) if pid.isdigit() else None
+        out.append(WorkerInfo(name, queues, "dead", host or None, pid_no, last, False))
+    return out

@@ -1,12 +1,16 @@
 """Engine options per batch: validated at submit, served by the worker over its own models.
 
-A batch may name an engine and speculation settings (``engine``, ``gamma``, ``k_config``,
-``mcsd_rule``, ``verify_batch``, ``draft_batch``); never models, which stay a worker setting.
+A batch may name an engine and speculation settings (``engine`` and the options of
+:data:`seedq.decoding.registry.OPTIONS`: ``gamma``, ``k_config``, ``mcsd_rule``,
+``verify_batch``, ``draft_batch``, ``draft_threads``); never models, which stay a worker
+setting. Speculation options need ``engine`` and must apply to it (the registry says which).
 They are stored as ``batches.engine`` (a JSON object of the given options only) and override
 the worker's own :class:`~seedq.decoding.config.EngineConfig`. The worker builds one derived
 generator per distinct config (``seedq.decoding.factory.derive_generator``, same loaded
-models) and keeps it for its lifetime, so the trees of one config share one generator (and
-one SeeD scheduler).
+models) and keeps it for its lifetime, so the trees of one config share one generator. All
+of them share the target's ``TargetHub`` (:mod:`seedq.decoding.target`): ONE SeeD scheduler
+(one verifier, FCFS over the seed groups of every option set; each group carries its own
+options) and one target lock, so two engines never run target forwards at once.
 """
 
 from __future__ import annotations
@@ -15,18 +19,16 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+from seedq.decoding import registry
 from seedq.decoding.config import EngineConfig
+from seedq.decoding.registry import flag_of
 from seedq.decoding.types import DecodingError, GroupGenerator
 from seedq.service.jobrun import EngineTap
 
-SPECULATIVE = ("sd", "mcsd", "seed")
-OPTION_FIELDS = ("engine", "gamma", "k_config", "mcsd_rule", "verify_batch", "draft_batch")
+SPECULATIVE = registry.SPECULATIVE
+OPTION_FIELDS = ("engine", *registry.OPTIONS)
 # stands in for the worker's draft model when options are checked at submit
 SUBMIT_DRAFT = "worker-draft"
-
-
-def flag_of(field: str) -> str:
-    return "--" + field.replace("_", "-")
 
 
 class EngineOptionError(ValueError):
@@ -44,11 +46,11 @@ class EngineUnavailable(DecodingError):
 
 
 def parse_k_config(text: str) -> tuple[int, ...]:
-    """``"2,1,1"`` -> ``(2, 1, 1)``; range checks are EngineConfig's."""
+    """``"2,1,1"`` -> ``(2, 1, 1)`` (:func:`seedq.decoding.registry.parse_k_config`)."""
     try:
-        return tuple(int(part) for part in text.split(","))
+        return registry.parse_k_config(text)
     except ValueError as exc:
-        raise EngineOptionError("k_config", f"expected integers like 2,1,1, got {text!r}") from exc
+        raise EngineOptionError("k_config", str(exc)) from exc
 
 
 def normalize(options: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -63,10 +65,26 @@ def normalize(options: Mapping[str, Any]) -> dict[str, Any] | None:
         given["k_config"] = parse_k_config(given["k_config"])
     for field, value in given.items():  # each alone first, so that the error names its flag
         _check({field: value}, field)
+    _check_applicable(given)
     _check(given, "engine")
     if "k_config" in given:
         given["k_config"] = list(given["k_config"])
     return given
+
+
+def _check_applicable(given: Mapping[str, Any]) -> None:
+    """Speculation options need ``engine`` (the workers' is not known at submit) and must
+    apply to it."""
+    options = [field for field in given if field != "engine"]
+    if options and "engine" not in given:
+        raise EngineOptionError(
+            options[0], f"applies to {', '.join(registry.users_of(options[0]))} only; give "
+            "--engine too (the workers' engine is not known at submit)"
+        )
+    try:
+        registry.check_applicable(given.get("engine", "ar"), options)
+    except registry.OptionNotApplicable as exc:
+        raise EngineOptionError(exc.field, exc.reason) from exc
 
 
 def _check(values: Mapping[str, Any], field: str) -> None:
@@ -80,10 +98,14 @@ def _check(values: Mapping[str, Any], field: str) -> None:
 
 
 def derived_config(base: EngineConfig, options: Mapping[str, Any]) -> EngineConfig:
-    """The worker's config with a batch's options applied (raises ``DecodingError``)."""
+    """The worker's config with a batch's options applied (raises ``DecodingError``, also
+    for an option that does not apply to the resulting engine); the options that engine
+    does not use are reset to their defaults."""
     check_known(options)
     fields: dict[str, Any] = {k: tuple(v) if k == "k_config" else v for k, v in options.items()}
-    return replace(base, **fields)
+    config = replace(base, **fields)
+    registry.check_applicable(config.engine, options)
+    return registry.canonical(config)
 
 
 def check_known(options: Mapping[str, Any]) -> None:
@@ -94,7 +116,9 @@ def check_known(options: Mapping[str, Any]) -> None:
 
 
 class GeneratorPool:
-    """The worker's own generator plus one derived generator per distinct EngineConfig."""
+    """The worker's own generator plus one derived generator per distinct EngineConfig, all
+    over one target hub; closing the pool closes the derived generators, then the worker's
+    own, which stops the shared scheduler."""
 
     def __init__(self, base: GroupGenerator, worker: str) -> None:
         self.base = EngineTap(base)

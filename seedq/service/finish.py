@@ -12,23 +12,19 @@ import asyncio
 import logging
 import time
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING
 
 from seedq import queue as q
 from seedq.reasoning.runner import TreeResult
 from seedq.service.faults import FaultKind, classify, describe
-from seedq.service.outcomes import Running
+from seedq.service.outcomes import OutcomeWorker, Running
 from seedq.service.records import result_record
 from seedq.store import repo
 from seedq.store.models import JobStatus
 
-if TYPE_CHECKING:
-    from seedq.service.worker import TreeWorker
-
 log = logging.getLogger(__name__)
 
 
-async def succeeded(worker: TreeWorker, run: Running, result: TreeResult) -> bool:
+async def succeeded(worker: OutcomeWorker, run: Running, result: TreeResult) -> bool:
     wall = time.perf_counter() - run.started
     try:
         owned = await asyncio.to_thread(
@@ -37,7 +33,7 @@ async def succeeded(worker: TreeWorker, run: Running, result: TreeResult) -> boo
             run.job_id,
             worker.name,
             run.claim.attempt,
-            result=result_record(result),
+            result=result_record(result, run.usage.record(wall)),
             answer=result.answer,
             correct=result.correct,
             wall_seconds=wall,
@@ -56,16 +52,16 @@ async def succeeded(worker: TreeWorker, run: Running, result: TreeResult) -> boo
     except Exception:
         _let_go(worker, run, "recording its completion")
         return False
-    log.info("worker %s: completed %s in %.2fs", worker.name, run.job_id, wall)
+    log.debug("worker %s: completed %s in %.2fs", worker.name, run.job_id, wall)
     return True
 
 
-async def errored(worker: TreeWorker, run: Running, exc: Exception) -> None:
+async def errored(worker: OutcomeWorker, run: Running, exc: Exception) -> None:
     kind = classify(exc)
     error = describe(exc)
     attempt = run.claim.attempt
     try:
-        if kind == FaultKind.TRANSIENT and attempt < worker.settings.max_attempts:
+        if kind == FaultKind.TRANSIENT and run.claim.budget_used < worker.settings.max_attempts:
             await _retry_later(worker, run, error, attempt)
             return
         owned = await asyncio.to_thread(
@@ -86,7 +82,7 @@ async def errored(worker: TreeWorker, run: Running, exc: Exception) -> None:
         _let_go(worker, run, "recording its failure")
 
 
-async def _retry_later(worker: TreeWorker, run: Running, error: str, attempt: int) -> None:
+async def _retry_later(worker: OutcomeWorker, run: Running, error: str, attempt: int) -> None:
     delay = worker.settings.retry_delay(attempt)
     when = datetime.now(timezone.utc) + timedelta(seconds=delay)
     worker.rq_retry_at(run, when)
@@ -110,27 +106,24 @@ async def _retry_later(worker: TreeWorker, run: Running, error: str, attempt: in
     )
 
 
-async def stopped(worker: TreeWorker, run: Running) -> None:
-    """The tree's task was cancelled: shutdown checkpoint, or cancelled / taken over."""
+async def stopped(worker: OutcomeWorker, run: Running) -> None:
+    """The tree's task was cancelled: cancelled or taken over. A tree stopped at shutdown is
+    checkpointed by the worker's drain, with the others (``recovery.checkpoint``)."""
     try:
         if run.stop_reason == "shutdown":
-            worker.rq_requeue(run)
-            await asyncio.to_thread(_release_at_shutdown, worker, run,
-                                    "checkpointed at worker shutdown")
-            log.warning("worker %s: checkpointed %s back to the queue", worker.name, run.job_id)
             return
         await _disowned(worker, run)
     except Exception:
         _let_go(worker, run, "recording its stop")
 
 
-def _release_at_shutdown(worker: TreeWorker, run: Running, note: str) -> None:
+def _release_at_shutdown(worker: OutcomeWorker, run: Running, note: str) -> None:
     """Give a job back at shutdown without spending one of its attempts."""
     repo.release_job(worker.db, run.job_id, worker.name, run.claim.attempt, note=note,
                      kind="shutdown", refund_attempt=True)
 
 
-async def _disowned(worker: TreeWorker, run: Running) -> None:
+async def _disowned(worker: OutcomeWorker, run: Running) -> None:
     """The database no longer gives this job to this worker: it was cancelled (recorded as
     such on RQ) or re-run elsewhere (only this worker's execution is dropped)."""
     status = await asyncio.to_thread(repo.job_status, worker.db, run.job_id)
@@ -142,11 +135,11 @@ async def _disowned(worker: TreeWorker, run: Running) -> None:
         log.warning("worker %s: job %s was taken over (%s)", worker.name, run.job_id, status)
 
 
-def abandon_all(worker: TreeWorker, runs: list[Running]) -> None:
+def abandon_all(worker: OutcomeWorker, runs: list[Running]) -> None:
     """Cold shutdown, from a helper thread: put each running job back, best effort."""
     ids = [r.job_id for r in runs]
     try:
-        q.requeue_ids(worker.queue, ids, at_front=True)
+        q.requeue_ids(worker.queue, ids, at_front=True, store=worker.services.store_id)
         for run in runs:
             _release_at_shutdown(worker, run, "requeued at a cold worker shutdown")
     except Exception:
@@ -162,7 +155,7 @@ def abandon_all(worker: TreeWorker, runs: list[Running]) -> None:
         log.debug("worker %s: could not register death", worker.name, exc_info=True)
 
 
-def _let_go(worker: TreeWorker, run: Running, doing: str) -> None:
+def _let_go(worker: OutcomeWorker, run: Running, doing: str) -> None:
     log.error(
         "worker %s: failed %s for job %s; letting it go, maintenance will recover it",
         worker.name,

@@ -8,8 +8,9 @@ Under a short Redis lock (one worker per queue at a time):
    queued ones are put back on the queue);
 3. retries whose backoff has passed move from RQ's scheduled registry to the queue;
 4. job ids stuck in the intermediate list (a worker died between claim and start) go back;
-5. when Redis holds nothing for the queue, queued jobs of the database are enqueued again
-   (Redis lost its data);
+5. queued jobs of the database that Redis does not hold are enqueued again: at once when
+   Redis lost its data (its marker key is gone), else when Redis holds nothing for the
+   queue and the jobs are older than ``ORPHAN_AGE_SECONDS``;
 6. RQ's finished/failed registries and worker registry are trimmed.
 """
 
@@ -31,9 +32,12 @@ from seedq import queue as q
 from seedq.service.context import Services
 from seedq.store import repo
 from seedq.store.models import FINAL_STATUSES, JobStatus, utcnow
+from seedq.store.stale import find_stale, recover_stale
 
 log = logging.getLogger(__name__)
 ORPHAN_AGE_SECONDS = 60
+SUBMIT_MARGIN_SECONDS = 10  # a batch younger than this may still be being enqueued
+ORPHAN_LIMIT = 100_000
 
 
 @dataclass
@@ -91,19 +95,23 @@ class Maintenance:
             at_front=at_front,
             job_timeout=s.job_timeout,
             result_ttl=s.result_ttl,
+            store=self.services.store_id,
         )
 
     def stale_before(self) -> timedelta:
         return timedelta(seconds=self.settings.heartbeat_ttl)
 
     def recover_stale_jobs(self, report: MaintenanceReport) -> None:
+        """Redis first (all retried jobs at once, at the front, in the order they were
+        started), then the database, job by job."""
         cutoff = utcnow() - self.stale_before()
-        for job in repo.find_stale(self.db, self.queue.name, cutoff):
-            retry = job.attempts < self.settings.max_attempts
-            if retry:
-                self._drop_executions([job.job_id])
-                self._requeue([job.job_id], at_front=True)
-            status = repo.recover_stale(self.db, job, cutoff, self.settings.max_attempts)
+        stale = find_stale(self.db, self.queue.name, cutoff)
+        retry = [j.job_id for j in stale if j.budget_used < self.settings.max_attempts]
+        if retry:
+            self._drop_executions(retry)
+            self._requeue(retry, at_front=True)
+        for job in stale:
+            status = recover_stale(self.db, job, cutoff, self.settings.max_attempts)
             if status == JobStatus.QUEUED.value:
                 report.requeued.append(job.job_id)
             elif status == JobStatus.FAILED.value:
@@ -147,6 +155,8 @@ class Maintenance:
             # a running job is left to its database heartbeat (recover_stale_jobs)
             if status == JobStatus.QUEUED.value:
                 requeue.append(job_id)
+            elif status is None and not self._ours(job_id):
+                continue  # another store's job: its own workers reconcile it
             elif status in FINAL_STATUSES or status is None:
                 self._mark_rq(job_id, _rq_status(status))
             registry.connection.zrem(registry.key, entry)
@@ -166,17 +176,40 @@ class Maintenance:
             if status == JobStatus.QUEUED.value:
                 self._requeue([job_id], at_front=True)
                 report.unstuck.append(job_id)
-            elif status != JobStatus.RUNNING.value:
+            elif status != JobStatus.RUNNING.value and (status is not None or self._ours(job_id)):
                 inter.remove(job_id)
 
+    def _ours(self, job_id: str) -> bool:
+        """Whether an RQ job names this SQL store (or none: an older payload, or no record)."""
+        try:
+            job = RQJob.fetch(job_id, connection=self.queue.connection, serializer=q.SERIALIZER)
+            store = q.payload_of(job)["store"]
+        except Exception:
+            return True
+        return store is None or store == self.services.store_id
+
     def requeue_orphans(self, report: MaintenanceReport) -> None:
-        if q.pending_count(self.queue) > 0:
-            return
-        older = utcnow() - timedelta(seconds=ORPHAN_AGE_SECONDS)
-        orphans = repo.queued_job_ids(self.db, self.queue.name, created_before=older)
+        orphans = self.lost_by_redis()
+        if not orphans and q.pending_count(self.queue) == 0:
+            older = utcnow() - timedelta(seconds=ORPHAN_AGE_SECONDS)
+            orphans = repo.queued_job_ids(self.db, self.queue.name, created_before=older)
         if orphans:
             self._requeue(orphans, at_front=False)
             report.orphans.extend(orphans)
+
+    def lost_by_redis(self) -> list[str]:
+        """When Redis lost its data (its marker key is gone): the queued jobs it lost."""
+        conn, marker = self.queue.connection, q.redis_marker_key(self.queue.name)
+        if conn.exists(marker):
+            return []
+        margin = min(SUBMIT_MARGIN_SECONDS, ORPHAN_AGE_SECONDS)
+        older = utcnow() - timedelta(seconds=margin)
+        queued = repo.queued_job_ids(
+            self.db, self.queue.name, created_before=older, limit=ORPHAN_LIMIT
+        )
+        if len(queued) < ORPHAN_LIMIT:  # all seen: the next runs need not look
+            conn.set(marker, self.worker_name)
+        return q.missing_ids(self.queue, queued) if queued else []
 
     def trim_registries(self) -> None:
         conn, name = self.queue.connection, self.queue.name

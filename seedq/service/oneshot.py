@@ -19,9 +19,10 @@ from redis import Redis
 from seedq.reasoning.params import SearchParams
 from seedq.service.context import open_services
 from seedq.service.embedded import EmbeddedRedis, redis_answers
+from seedq.service.events import WorkerListener
 from seedq.service.submit import submit_file
 from seedq.service.worker import GeneratorFactory, TreeWorker
-from seedq.settings import Settings
+from seedq.settings import Settings, mask_url
 from seedq.store import migrate, reports
 from seedq.store.db import Database
 from seedq.store.reports import BatchSummary
@@ -104,20 +105,27 @@ def _redis(stack: ExitStack, settings: Settings, prefer_server: bool) -> tuple[R
         return None, settings.redis_url
     embedded = stack.enter_context(EmbeddedRedis(prefer_server))
     where = f"private {embedded.kind} ({embedded.url or 'in memory'})"
-    log.warning("no Redis at %s: using a %s", settings.redis_url, where)
+    log.warning("no Redis at %s: using a %s", mask_url(settings.redis_url), where)
     return embedded.client, where
 
 
 def _upgrade(settings: Settings) -> None:
     db = Database(settings.database_url)
     try:
-        migrate.upgrade(db)
+        migrate.upgrade(db, reader_role=settings.query_role)
     finally:
         db.close()
 
 
-def run_file(plan: RunPlan, factory: GeneratorFactory, *, prefer_server: bool = True) -> RunOutcome:
-    """Submit the plan's file on a private queue and run a burst worker on it until done."""
+def run_file(
+    plan: RunPlan,
+    factory: GeneratorFactory,
+    *,
+    prefer_server: bool = True,
+    listeners: tuple[WorkerListener, ...] = (),
+) -> RunOutcome:
+    """Submit the plan's file on a private queue and run a burst worker on it until done;
+    ``listeners`` hear the worker's events (the progress bar of ``seedq run``)."""
     settings = plan.settings
     with ExitStack() as stack:
         client, where = _redis(stack, settings, prefer_server)
@@ -135,7 +143,11 @@ def run_file(plan: RunPlan, factory: GeneratorFactory, *, prefer_server: bool = 
             queue_name=queue_name,
             engine=plan.engine_options,
         )
-        worker = TreeWorker(services, factory, queue_name=queue_name, round_size=plan.round_size)
+        worker = TreeWorker(
+            services, factory, queue_name=queue_name, round_size=plan.round_size,
+            listeners=listeners,
+        )
+        worker.events.jobs_expected(report.accepted)
         worker.work(burst=True)
         db, batch = services.db, report.batch_id
         summary = reports.summarize(db, [batch])

@@ -8,9 +8,9 @@ seedq jobs as they are.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rq import Queue
 from rq.executions import Execution
@@ -21,15 +21,22 @@ from rq.utils import now
 from rq.worker import BaseWorker
 
 from seedq import queue as q
+from seedq.service.usage import JobUsage
 from seedq.store.models import JobStatus
 from seedq.store.rows import Claimed, ClaimRefused
+
+if TYPE_CHECKING:
+    from seedq.service.context import Services
+    from seedq.settings import Settings
+    from seedq.store.db import Database
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Running:
-    """A job this worker is running: its claim, its RQ job and execution, its task."""
+    """A job this worker is running: its claim, its RQ job and execution, its task, and what
+    served it (``usage``: models and target busy time, recorded in ``jobs.result``)."""
 
     claim: Claimed
     rq_job: RQJob
@@ -37,10 +44,34 @@ class Running:
     started: float
     task: Any = None  # asyncio.Task[None], set right after creation
     stop_reason: str | None = None  # "shutdown" | "lost"
+    usage: JobUsage = field(default_factory=JobUsage)
 
     @property
     def job_id(self) -> str:
         return self.claim.job_id
+
+
+class OutcomeWorker(Protocol):
+    """What recording a job's outcome needs from its worker (``finish``, ``recovery``). The
+    worker provides it; those modules type against this and never import the worker."""
+
+    name: str
+    queue: Queue
+    settings: Settings
+    db: Database
+    services: Services
+
+    def rq_finished(self, run: Running, summary: dict[str, Any]) -> None: ...
+
+    def rq_failed(self, run: Running, error: str) -> None: ...
+
+    def rq_retry_at(self, run: Running, when: datetime) -> None: ...
+
+    def rq_cancelled(self, run: Running) -> None: ...
+
+    def rq_forget(self, run: Running) -> None: ...
+
+    def register_death(self) -> None: ...
 
 
 class RQOutcomes(BaseWorker):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -29,14 +29,28 @@ def seconds(value: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def status_table(summaries: Sequence[BatchSummary]) -> str:
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
+
+
+def status_table(
+    summaries: Sequence[BatchSummary], listened: Collection[str] | None = None
+) -> str:
+    """One row per batch; ``listened``: the queues a live worker listens on (a batch whose
+    queue has none shows ``no worker`` instead of an ETA)."""
     statuses = JobStatus.values()
-    columns = ["batch", *statuses, "jobs/s", "eta"]
+    columns = ["batch", "task", "engine", *statuses, "jobs/s", "eta", "created", "finished"]
     rows = []
     for s in summaries:
         rate = f"{s.throughput:.2f}" if s.throughput is not None else "-"
         eta = "done" if s.done else seconds(s.eta_seconds)
-        rows.append((s.batch_id, *(s.counts.get(st, 0) for st in statuses), rate, eta))
+        if not s.done and listened is not None and s.queue not in listened:
+            eta = "no worker"
+        task = ",".join(s.tasks) or "-"
+        engine = str((s.engine_options or {}).get("engine") or "worker")
+        counts = (s.counts.get(st, 0) for st in statuses)
+        finished = _when(s.last_finished) if s.done else "-"
+        rows.append((s.batch_id, task, engine, *counts, rate, eta, _when(s.created_at), finished))
     return table(columns, rows)
 
 

@@ -24,6 +24,7 @@ METRIC_INTS = (
     "accepted_tokens",
     "target_forwards",
     "draft_forwards",
+    "reused_prompt_tokens",
 )
 METRIC_FLOATS = ("draft_seconds", "verify_seconds", "wait_seconds", "wall_seconds")
 SEQUENCE_KEYS = ("thought_sequences", "evaluation_sequences")
@@ -81,6 +82,9 @@ def _row(node: Node, record: Mapping[str, Any], engine: str | None) -> Generatio
     return row  # type: ignore[return-value]
 
 
-def result_record(result: TreeResult) -> dict[str, Any]:
-    """What ``jobs.result`` stores: the whole TreeResult JSON (answer, tree, metrics)."""
-    return result.to_json()
+def result_record(
+    result: TreeResult, served: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """What ``jobs.result`` stores: the whole TreeResult JSON (answer, tree, metrics) and
+    what served the job (``models``, ``target_busy``: :mod:`seedq.service.usage`)."""
+    return {**result.to_json(), **(served or {})}

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from seedq import queue as q
-from seedq.reasoning.jobs import JobSpec, JobSpecError, SearchParams, parse_job
-from seedq.service import engines
+from seedq.reasoning.jobs import TASK_NAMES, JobSpec, JobSpecError, SearchParams, parse_job
+from seedq.service import engines, intake
 from seedq.service.context import Services
 from seedq.store import repo
 from seedq.store.rows import NewJob, Rejection
@@ -40,69 +40,105 @@ class SubmitReport:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def read_lines(path: Path, limit: int | None = None) -> list[tuple[int, str]]:
-    """The non-blank lines of a JSONL file with their 1-based numbers; file-level problems
-    (missing, unreadable, binary, not UTF-8, empty) raise :class:`SubmitError`."""
+def read_lines(
+    path: Path, limit: int | None = None, limits: intake.Limits | None = None
+) -> list[tuple[int, str | intake.LineProblem]]:
+    """The non-blank lines of a JSONL file with their 1-based numbers, read line by line
+    with a size cap (:mod:`seedq.service.intake`); file-level problems (missing,
+    unreadable, binary, not UTF-8, empty) raise :class:`SubmitError`."""
     try:
-        data = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise SubmitError(f"{path}: no such file") from exc
-    except IsADirectoryError as exc:
-        raise SubmitError(f"{path}: is a directory, not a JSONL file") from exc
-    except OSError as exc:
-        raise SubmitError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    nul = data.find(b"\x00")
-    if nul >= 0:
-        line_no = data.count(b"\n", 0, nul) + 1
-        raise SubmitError(f"{path}: binary file (NUL byte on line {line_no}), expected JSONL text")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line_no = data.count(b"\n", 0, exc.start) + 1
-        raise SubmitError(f"{path}: not UTF-8 text (bad byte on line {line_no})") from exc
-    lines = [(n, s) for n, s in enumerate(text.splitlines(), start=1) if s.strip()]
-    if not lines:
-        raise SubmitError(f"{path}: empty file, no jobs to submit")
-    return lines[:limit] if limit is not None else lines
+        return list(intake.iter_lines(path, limits or intake.Limits(), limit))
+    except intake.FileProblem as exc:
+        raise SubmitError(str(exc)) from exc
 
 
 def _parse_line(
-    line_no: int, text: str, task: str | None, defaults: SearchParams | None
+    line_no: int,
+    text: str | intake.LineProblem,
+    task: str | None,
+    defaults: SearchParams | None,
+    limits: intake.Limits,
 ) -> JobSpec | Rejection:
+    if isinstance(text, intake.LineProblem):
+        return Rejection(line_no, None, text.reason, text.raw)
     try:
-        obj = json.loads(text)
+        obj = intake.load_line(text, limits)
     except json.JSONDecodeError as exc:
         return Rejection(line_no, None, f"invalid JSON: {exc.msg} at column {exc.colno}", text)
+    except (ValueError, RecursionError) as exc:
+        return Rejection(line_no, None, str(exc), text)
     try:
         return parse_job(obj, default_task=task, defaults=defaults)
     except JobSpecError as exc:
         return Rejection(line_no, exc.field, exc.reason, text)
-    except (TypeError, ValueError) as exc:  # a malformed value the task did not anticipate
-        return Rejection(line_no, None, f"invalid job: {exc}", text)
+    except Exception as exc:  # a malformed value the task did not anticipate: still one line
+        return Rejection(line_no, None, f"invalid job: {type(exc).__name__}: {exc}", text)
+
+
+def _shape_rejection(
+    line_no: int, spec: JobSpec, text: str, shape: tuple[int, int]
+) -> Rejection | None:
+    problem = intake.shape_problem(spec.search, *shape)
+    return Rejection(line_no, "search", problem, text) if problem else None
 
 
 def validate_lines(
-    lines: list[tuple[int, str]], *, task: str | None, defaults: SearchParams | None
+    lines: list[tuple[int, str | intake.LineProblem]],
+    *,
+    task: str | None,
+    defaults: SearchParams | None,
+    limits: intake.Limits | None = None,
+    shape: tuple[int, int] = (1, 2**62),
 ) -> tuple[list[tuple[int, JobSpec]], list[Rejection]]:
-    """Parse every line; duplicate custom ids are bad lines too. Jobs without a custom id get
+    """Parse every line; duplicate custom ids and trees over the size limit (``shape``:
+    draft tree nodes, most tree nodes) are bad lines too. Jobs without a custom id get
     ``line-<n>`` (made unique against the ids the file gives)."""
     specs: list[tuple[int, JobSpec]] = []
     bad: list[Rejection] = []
     first_seen: dict[str, int] = {}
     for line_no, text in lines:
-        parsed = _parse_line(line_no, text, task, defaults)
+        parsed = _parse_line(line_no, text, task, defaults, limits or intake.Limits())
+        if isinstance(parsed, JobSpec) and isinstance(text, str):
+            parsed = _shape_rejection(line_no, parsed, text, shape) or parsed
         if isinstance(parsed, Rejection):
             bad.append(parsed)
             continue
         cid = parsed.custom_id
         if cid is not None and cid in first_seen:
             reason = f"duplicate custom_id {cid!r} (first on line {first_seen[cid]})"
-            bad.append(Rejection(line_no, "custom_id", reason, text))
+            bad.append(Rejection(line_no, "custom_id", reason, str(text)))
             continue
         if cid is not None:
             first_seen[cid] = line_no
         specs.append((line_no, parsed))
-    return [(n, _with_custom_id(n, s, first_seen)) for n, s in specs], bad
+    accepted = [(n, _with_custom_id(n, s, first_seen)) for n, s in specs]
+    return accepted, _keep_custom_ids(bad, set(first_seen))
+
+
+CUSTOM_ID_MAX = 256  # jobs.custom_id
+
+
+def _keep_custom_ids(bad: list[Rejection], taken: set[str]) -> list[Rejection]:
+    """Rejected lines keep the custom_id they give, unless a job (or an earlier rejected
+    line) of the batch already has it: ``seedq results --errors`` names them by it."""
+    out = []
+    for rej in bad:
+        try:
+            obj = json.loads(rej.raw)
+        except (ValueError, RecursionError):
+            obj = None
+        cid = obj.get("custom_id") if isinstance(obj, dict) else None
+        if (
+            isinstance(cid, str)
+            and cid
+            and len(cid) <= CUSTOM_ID_MAX
+            and cid not in taken
+            and intake.unstorable(cid) is None  # no NUL or lone surrogate reaches the store
+        ):
+            taken.add(cid)
+            rej = replace(rej, custom_id=cid)
+        out.append(rej)
+    return out
 
 
 def _with_custom_id(line_no: int, spec: JobSpec, taken: dict[str, int]) -> JobSpec:
@@ -139,11 +175,16 @@ def submit_file(
     ``engine``: the batch's engine options, as :func:`seedq.service.engines.normalize`
     returns them (None: the workers' own engine)."""
     t0 = time.perf_counter()
-    try:
-        engine = engines.normalize(engine or {})
-    except engines.EngineOptionError as exc:
-        raise SubmitError(f"{exc}; nothing was submitted") from exc
-    specs, bad = validate_lines(read_lines(path, limit), task=task, defaults=defaults)
+    settings = services.settings
+    engine = _checked_options(task, engine, settings.max_draft_tree)
+    limits = intake.Limits(settings.max_line_bytes, settings.max_json_depth)
+    specs, bad = validate_lines(
+        read_lines(path, limit, limits),
+        task=task,
+        defaults=defaults,
+        limits=limits,
+        shape=(intake.draft_tree_nodes(engine), settings.max_tree_nodes),
+    )
     t1 = time.perf_counter()
     if bad and not skip_invalid:
         raise SubmitError(
@@ -163,6 +204,24 @@ def submit_file(
     )
     timings = {"validate": t1 - t0, "store": t2 - t1, "enqueue": t3 - t2, "total": t3 - t0}
     return SubmitReport(batch_id, len(jobs), bad, timings)
+
+
+def _checked_options(
+    task: str | None, engine: dict[str, Any] | None, max_draft_tree: int
+) -> dict[str, Any] | None:
+    """The batch's engine options, normalized, once the options that apply to the whole file
+    are checked (one error, not one per line)."""
+    try:
+        normalized = engines.normalize(engine or {})
+    except engines.EngineOptionError as exc:
+        raise SubmitError(f"{exc}; nothing was submitted") from exc
+    if task is not None and task not in TASK_NAMES:
+        known = ", ".join(TASK_NAMES)
+        raise SubmitError(f"unknown task {task!r} (known: {known}); nothing was submitted")
+    too_big = intake.engine_problem(normalized, max_draft_tree)
+    if too_big:
+        raise SubmitError(f"{too_big}; nothing was submitted")
+    return normalized
 
 
 def _store(
@@ -196,7 +255,7 @@ def _enqueue_or_undo(
     services: Services, queue_name: str, batch_id: str, jobs: list[NewJob]
 ) -> None:
     settings = services.settings
-    payloads = [q.make_payload(j.id, batch_id) for j in jobs]
+    payloads = [q.make_payload(j.id, batch_id, services.store_id) for j in jobs]
     try:
         q.enqueue_jobs(
             services.queue(queue_name),

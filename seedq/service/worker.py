@@ -5,10 +5,12 @@ of named steps: :meth:`TreeWorker.take_jobs` claims up to ``round_size`` jobs in
 (RQ's ``dequeue_any``: an atomic LMOVE/BLMOVE into the queue's intermediate list), each job's
 tree runs as an asyncio task through the generator of its batch's engine options (the
 worker's own, or one derived over the same models per distinct option set, see
-:mod:`seedq.service.engines`), shared by all trees of those options (so the SeeD scheduler
-sees all of them), and a freed slot is refilled at once. A heartbeat thread, periodic
+:mod:`seedq.service.engines`), shared by all trees of those options (and the one SeeD
+scheduler of the target sees the seed groups of every option set), and a freed slot is
+refilled at once. A heartbeat thread, periodic
 maintenance and signal handling (first SIGTERM: stop taking jobs, finish or checkpoint;
-second: requeue and exit at once) keep every job recoverable.
+second: requeue and exit at once; see :mod:`seedq.service.liveness`) keep every job
+recoverable.
 """
 
 from __future__ import annotations
@@ -17,19 +19,17 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import socket
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
-from types import FrameType
+from datetime import timedelta
 from typing import Any
 from uuid import uuid4
 
 import redis.exceptions
 from rq.job import Job as RQJob
-from rq.utils import as_text, now, utcparse
+from rq.utils import now
 from rq.worker import WorkerStatus
 from sqlalchemy import exc as sa_exc
 
@@ -38,24 +38,33 @@ from seedq.decoding.types import GroupGenerator
 from seedq.service import finish
 from seedq.service.context import Services
 from seedq.service.engines import GeneratorPool
-from seedq.service.heartbeat import Heartbeat
+from seedq.service.events import JobEnd, JobLog, JobStart, Listeners, WorkerListener, error_status
+from seedq.service.guards import JobLimits
 from seedq.service.jobrun import EngineTap, build_tree
+from seedq.service.liveness import WorkerLiveness
 from seedq.service.maintenance import Maintenance
-from seedq.service.outcomes import RQOutcomes, Running
+from seedq.service.metrics import WorkerMetrics, serve_worker_metrics
+from seedq.service.outcomes import Running
+from seedq.service.recovery import (
+    ForeignStoreJob,
+    StoreGuard,
+    abandoned_left,
+    checkpoint,
+    maintenance_delay,
+)
 from seedq.store import repo
 from seedq.store.models import utcnow
 from seedq.store.rows import ClaimRefused
 
 log = logging.getLogger(__name__)
 GeneratorFactory = Callable[[], GroupGenerator]
-FORCE_EXIT_SECONDS = 3.0
 
 
 def worker_name() -> str:
     return f"{socket.gethostname()}.{os.getpid()}.{uuid4().hex[:6]}"
 
 
-class TreeWorker(RQOutcomes):
+class TreeWorker(WorkerLiveness):
     """An RQ ``BaseWorker`` with its own non-forking asyncio loop (see the module docstring)."""
 
     def __init__(
@@ -67,6 +76,7 @@ class TreeWorker(RQOutcomes):
         round_size: int | None = None,
         name: str | None = None,
         install_signals: bool = True,
+        listeners: tuple[WorkerListener, ...] = (),
     ) -> None:
         s = services.settings
         self.settings = s
@@ -84,13 +94,17 @@ class TreeWorker(RQOutcomes):
         self.log = log.getChild("rq")  # RQ's own messages follow seedq's verbosity
         self.generator_factory = generator_factory
         self.round_size = round_size or s.round_size
+        self.limits = JobLimits.from_settings(s)  # prompt tokens, memory budget per job
         self.install_signals = install_signals
+        self.events = Listeners([JobLog(), *listeners])  # job log, metrics, progress
+        self.metrics: WorkerMetrics | None = None
         self.running: dict[str, Running] = {}
         self.completed = 0
         self._lock = threading.Lock()
-        self._pool: GeneratorPool | None = None
-        self._heartbeat: Heartbeat | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pool = None
+        self.store_guard = StoreGuard(services.store_id, self.name)
+        self._heartbeat = None
+        self._loop = None
         self._stop = asyncio.Event()
         self._slot_freed = asyncio.Event()
 
@@ -122,6 +136,7 @@ class TreeWorker(RQOutcomes):
         self._loop = asyncio.get_running_loop()
         self._stop, self._slot_freed = asyncio.Event(), asyncio.Event()
         self.load_generator()
+        self.metrics = serve_worker_metrics(self)
         self.register_worker()
         upkeep = asyncio.create_task(self.maintain(), name="seedq-maintenance")
         try:
@@ -136,46 +151,14 @@ class TreeWorker(RQOutcomes):
             upkeep.cancel()
             await asyncio.gather(upkeep, return_exceptions=True)
             self.unregister_worker()
+            if self.metrics is not None:
+                self.metrics.close()
         return self.completed
 
     def load_generator(self) -> None:
         t0 = time.perf_counter()
         self._pool = GeneratorPool(self.generator_factory(), self.name)
         log.info("worker %s: generator ready in %.1fs", self.name, time.perf_counter() - t0)
-
-    def register_worker(self) -> None:
-        try:
-            self.register_birth()
-        except ValueError:  # the name is taken: fine if its owner died (no recent heartbeat)
-            beat = self.connection.hget(self.key, "last_heartbeat")
-            age = (now() - utcparse(as_text(beat))).total_seconds() if beat else float("inf")
-            if age < self.settings.heartbeat_ttl:
-                raise
-            log.warning("worker %s: taking over the name of a dead worker", self.name)
-            self.connection.delete(self.key)
-            self.register_birth()
-        self.set_state(WorkerStatus.IDLE)
-        self._heartbeat = Heartbeat(self.settings.heartbeat_seconds, self.beat, self.on_lost)
-        self._heartbeat.start()
-        if self.install_signals and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self.on_signal)
-            signal.signal(signal.SIGINT, self.on_signal)
-        log.info(
-            "worker %s: listening on %s (round size %d)",
-            self.name,
-            self.queue.name,
-            self.round_size,
-        )
-
-    def unregister_worker(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.stop(timeout=5)
-        try:
-            self.register_death()
-        except redis.exceptions.RedisError:
-            log.warning("worker %s: could not register its death", self.name, exc_info=True)
-        if self._pool is not None:
-            self._pool.close()
 
     # ---- the loop ------------------------------------------------------------------------
 
@@ -189,6 +172,10 @@ class TreeWorker(RQOutcomes):
             try:
                 started = await self.take_jobs(block=not burst)
                 backoff = 1.0
+            except ForeignStoreJob:  # left at the front of the queue; warned once
+                if burst or not await self.sleep(self.dequeue_timeout):
+                    return
+                continue
             except (redis.exceptions.RedisError, sa_exc.OperationalError) as exc:
                 log.error(
                     "worker %s: cannot take jobs (%s), retrying in %.0fs", self.name, exc, backoff
@@ -227,10 +214,17 @@ class TreeWorker(RQOutcomes):
         except q.PayloadError as exc:
             self.rq_foreign(rq_job, str(exc))
             return False
+        if not self.store_guard.accepts(payload):
+            q.push_back(self.queue, rq_job.id)
+            raise ForeignStoreJob(rq_job.id)
         stale = utcnow() - timedelta(seconds=self.settings.heartbeat_ttl)
-        claim = await asyncio.to_thread(
-            repo.claim_job, self.db, payload["job_id"], self.name, stale
-        )
+        try:
+            claim = await asyncio.to_thread(
+                repo.claim_job, self.db, payload["job_id"], self.name, stale
+            )
+        except Exception:  # the database cannot record it: back to the front at once
+            q.push_back(self.queue, rq_job.id)
+            raise
         if isinstance(claim, ClaimRefused):
             self.rq_refused(rq_job, claim, recheck_seconds=self.settings.heartbeat_ttl)
             return False
@@ -241,23 +235,41 @@ class TreeWorker(RQOutcomes):
         with self._lock:
             self.running[run.job_id] = run
         run.task = asyncio.create_task(self.run_job(run), name=f"tree-{run.job_id}")
-        log.info("worker %s: started %s (attempt %d)", self.name, run.job_id, claim.attempt)
+        log.debug("worker %s: started %s (attempt %d)", self.name, run.job_id, claim.attempt)
+        self.events.job_started(JobStart.of(claim, self.settings.engine))
         return True
 
     async def run_job(self, run: Running) -> None:
         """Build the tree, then record the outcome (see :mod:`seedq.service.finish`)."""
+        status, result, error = "lost", None, None
         try:
             timeout = float(self.settings.job_timeout)
             generator = self.generators.for_options(run.claim.engine)
-            result = await build_tree(self.db, generator, run.claim, timeout=timeout)
+            result = await build_tree(
+                self.db,
+                generator,
+                run.claim,
+                timeout=timeout,
+                listener=self.events,
+                limits=self.limits,
+                usage=run.usage,
+            )
         except asyncio.CancelledError:
+            status = "stopped" if run.stop_reason == "shutdown" else "lost"
             await finish.stopped(self, run)
         except Exception as exc:
+            error = exc
+            status = error_status(exc, run.claim.budget_used, self.settings.max_attempts)
             await finish.errored(self, run, exc)
         else:
             if await finish.succeeded(self, run, result):
                 self.completed += 1
+                status = "completed"
         finally:
+            self.limits.memory.release(run.job_id)
+            wall = time.perf_counter() - run.started
+            job = JobStart.of(run.claim, self.settings.engine)
+            self.events.job_ended(JobEnd.of(job, status, wall, result, error))
             with self._lock:
                 self.running.pop(run.job_id, None)
             self._slot_freed.set()
@@ -277,9 +289,23 @@ class TreeWorker(RQOutcomes):
             return True
         due_in = q.next_retry_in(self.queue)
         if due_in is None:
-            return q.pending_count(self.queue) > 0 and await self.sleep(0.2)
+            if q.pending_count(self.queue) > 0:
+                return await self.sleep(0.2)
+            return await self.recover_abandoned()
         await self.sleep(min(due_in + 0.05, self.settings.maintenance_seconds))
         q.enqueue_due(self.queue)
+        return True
+
+    async def recover_abandoned(self) -> bool:
+        """Burst mode, nothing to claim: before exiting, wait out the heartbeat TTL of workers
+        that stopped beating and put their jobs back. False when there are none."""
+        if not await abandoned_left(self):
+            return False
+        if not await self.sleep(
+            await asyncio.to_thread(maintenance_delay, self.services, self.queue.name)
+        ):
+            return False
+        await asyncio.to_thread(Maintenance(self.services, self.queue, self.name).run)
         return True
 
     async def drain(self) -> None:
@@ -293,11 +319,16 @@ class TreeWorker(RQOutcomes):
             "worker %s: waiting up to %.0fs for %d running tree(s)", self.name, grace, len(tasks)
         )
         _, pending = await asyncio.wait(tasks, timeout=grace)
-        for run in list(self.running.values()):
-            if run.task in pending:
-                run.stop_reason = "shutdown"
-                run.task.cancel()
+        stopping = [r for r in list(self.running.values()) if r.task in pending]
+        for run in stopping:
+            run.stop_reason = "shutdown"
+            run.task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        try:  # all together, so that they keep their FCFS order at the front of the queue
+            await asyncio.to_thread(checkpoint, self, stopping)
+        except Exception:
+            log.error("worker %s: checkpoint failed; maintenance will recover %s", self.name,
+                      [r.job_id for r in stopping], exc_info=True)
 
     async def maintain(self) -> None:
         """Every ``maintenance_seconds``: recover abandoned jobs, requeue due retries."""
@@ -310,7 +341,9 @@ class TreeWorker(RQOutcomes):
                     self._slot_freed.set()
             except Exception:
                 log.warning("worker %s: maintenance failed", self.name, exc_info=True)
-            await asyncio.sleep(self.settings.maintenance_seconds)
+            await asyncio.sleep(
+                await asyncio.to_thread(maintenance_delay, self.services, self.queue.name)
+            )
 
     async def sleep(self, seconds: float) -> bool:
         """Sleep, waking early on stop; True when not stopped."""
@@ -326,62 +359,3 @@ class TreeWorker(RQOutcomes):
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-
-    # ---- heartbeats and signals (called from other threads) ------------------------------
-
-    def beat(self) -> set[str]:
-        """Heartbeat thread: database first (it decides ownership), then RQ."""
-        with self._lock:
-            runs = list(self.running.values())
-        lost = repo.heartbeat(self.db, [r.job_id for r in runs], self.name)
-        ttl = self.settings.heartbeat_ttl
-        with self.connection.pipeline() as pipe:
-            self.heartbeat(ttl, pipeline=pipe)
-            for run in runs:
-                run.execution.heartbeat(self.queue.started_job_registry, ttl, pipeline=pipe)
-                run.rq_job.heartbeat(datetime.now(timezone.utc), ttl, pipeline=pipe, xx=True)
-            pipe.execute()
-        return lost
-
-    def ask_stop(self) -> None:
-        """Ask the loop (from any thread) to stop as on a first SIGTERM."""
-        self._stop_requested = True
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-
-    def on_lost(self, job_ids: set[str]) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._cancel_lost, job_ids)
-
-    def _cancel_lost(self, job_ids: set[str]) -> None:
-        for job_id in job_ids:
-            run = self.running.get(job_id)
-            if run is not None and run.task is not None and run.stop_reason is None:
-                log.warning(
-                    "worker %s: job %s was cancelled or taken over; stopping it", self.name, job_id
-                )
-                run.stop_reason = "lost"
-                run.task.cancel()
-
-    def on_signal(self, signum: int, frame: FrameType | None) -> None:
-        if self._stop_requested:
-            log.warning("worker %s: second %s, exiting now", self.name, signal.Signals(signum).name)
-            self.force_exit(128 + signum)
-        self._stop_requested = True
-        log.warning(
-            "worker %s: %s, no new jobs; finishing or checkpointing %d running",
-            self.name,
-            signal.Signals(signum).name,
-            len(self.running),
-        )
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-
-    def force_exit(self, code: int) -> None:
-        """Put every running job back (Redis, then database), record death, exit now."""
-        with self._lock:
-            runs = list(self.running.values())
-        helper = threading.Thread(target=finish.abandon_all, args=(self, runs), daemon=True)
-        helper.start()
-        helper.join(FORCE_EXIT_SECONDS)
-        os._exit(code)

@@ -18,6 +18,9 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
+from seedq.redact import redact
+from seedq.settings import mask_url
+
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_MS = 30_000
@@ -34,7 +37,7 @@ def normalize_url(url: str) -> URL:
     try:
         parsed = make_url(url)
     except Exception as exc:  # sqlalchemy.exc.ArgumentError and friends
-        raise StoreError(f"invalid database URL {url!r}: {exc}") from exc
+        raise StoreError(f"invalid database URL {mask_url(url)!r}: {redact(str(exc))}") from exc
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from alembic import command
@@ -9,7 +10,11 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from seedq.store import reader
 from seedq.store.db import Database, StoreError
+
+log = logging.getLogger(__name__)
+DEFAULT_READER_ROLE = "seedq_reader"
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ALEMBIC_INI = REPO_ROOT / "alembic.ini"
@@ -41,12 +46,19 @@ def current_revision(db: Database) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def upgrade(db: Database, revision: str = "head") -> str | None:
-    """Bring ``db`` to ``revision`` (the latest by default); returns the new revision."""
+def upgrade(
+    db: Database, revision: str = "head", *, reader_role: str | None = DEFAULT_READER_ROLE
+) -> str | None:
+    """Bring ``db`` to ``revision`` (the latest by default); returns the new revision.
+    On PostgreSQL, ``reader_role`` (``seedq query``'s role) is then created when missing
+    and granted SELECT on seedq's tables (None: leave roles alone)."""
     cfg = alembic_config()
     with db.engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
+    if reader_role is not None and db.dialect == "postgresql":
+        status = reader.ensure_reader(db, reader_role)
+        (log.info if status.ready else log.warning)("%s", status.message)
     return current_revision(db)
 
 

@@ -107,7 +107,10 @@ class Job(Base):
     custom_id: Mapped[str | None] = mapped_column(String(256))
     task: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # starts, ever (never reset)
+    # ``attempts`` at the last ``seedq retry``: the attempt budget counts from here
+    attempt_base: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     error: Mapped[str | None] = mapped_column(Text)
     error_kind: Mapped[str | None] = mapped_column(String(16))
     payload: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
@@ -123,6 +126,15 @@ class Job(Base):
     retry_at: Mapped[datetime | None] = mapped_column(DateTime)
 
     batch: Mapped[Batch] = relationship(back_populates="jobs")
+
+
+class Meta(Base):
+    """Key/value facts about the store itself: ``store_id`` (see ``seedq.store.identity``)."""
+
+    __tablename__ = "seedq_meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
 
 
 class Node(Base):
@@ -183,6 +195,8 @@ class Generation(Base):
     accepted_tokens: Mapped[int] = mapped_column(Integer, default=0)
     target_forwards: Mapped[int] = mapped_column(Integer, default=0)
     draft_forwards: Mapped[int] = mapped_column(Integer, default=0)
+    # prompt tokens whose KV the target took from the prefix cache (not encoded again)
+    reused_prompt_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     draft_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     verify_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     wait_seconds: Mapped[float] = mapped_column(Float, default=0.0)

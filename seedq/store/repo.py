@@ -26,7 +26,6 @@ from seedq.store.rows import (
     NodeRow,
     Rejection,
     RetryTarget,
-    StaleJob,
     scrub,
 )
 
@@ -89,7 +88,7 @@ def _rejected_row(batch_id: str, rej: Rejection, now: datetime) -> dict[str, Any
         "id": f"{batch_id}-r{rej.line_no:06d}",
         "batch_id": batch_id,
         "line_no": rej.line_no,
-        "custom_id": None,
+        "custom_id": rej.custom_id,
         "task": None,
         "status": JobStatus.REJECTED.value,
         "attempts": 0,
@@ -125,13 +124,18 @@ def claim_job(
                 retry_at=None,
             )
         )
-        cols = (Job.batch_id, Job.attempts, Job.payload, Job.status, Batch.engine)
-        row = s.execute(select(*cols).join(Job.batch).where(Job.id == job_id)).one_or_none()
+        row = s.execute(
+            select(Job.batch_id, Job.attempts, Job.attempt_base, Job.payload, Job.status)
+            .add_columns(Batch.engine)
+            .join(Job.batch)
+            .where(Job.id == job_id)
+        ).one_or_none()
     if row is None:
         return ClaimRefused(job_id, None)
     if done.rowcount != 1:  # type: ignore[attr-defined]
         return ClaimRefused(job_id, row.status)
-    return Claimed(job_id, row.batch_id, row.attempts, dict(row.payload), row.engine)
+    payload = dict(row.payload)
+    return Claimed(job_id, row.batch_id, row.attempts, payload, row.engine, row.attempt_base)
 
 
 def heartbeat(db: Database, job_ids: Iterable[str], worker: str) -> set[str]:
@@ -269,49 +273,6 @@ def release_job(
     return bool(done.rowcount == 1)  # type: ignore[attr-defined]
 
 
-def find_stale(
-    db: Database, queue: str, stale_before: datetime, limit: int = 500
-) -> list[StaleJob]:
-    """Running jobs of ``queue`` whose worker stopped heartbeating before ``stale_before``."""
-    with db.session() as s:
-        rows = s.execute(
-            select(Job.id, Job.attempts, Job.worker)
-            .join(Batch, Batch.id == Job.batch_id)
-            .where(Batch.queue == queue, Job.status == RUNNING, Job.heartbeat_at < stale_before)
-            .limit(limit)
-        ).all()
-    return [StaleJob(r.id, r.attempts, r.worker) for r in rows]
-
-
-def recover_stale(
-    db: Database, job: StaleJob, stale_before: datetime, max_attempts: int
-) -> str | None:
-    """Requeue (or fail, when out of attempts) a job whose worker died; returns its new status,
-    or None when it is no longer stale (its worker came back, or someone else recovered it)."""
-    lost = f"worker {job.worker} stopped heartbeating (attempt {job.attempts})"
-    if job.attempts >= max_attempts:
-        values: dict[str, Any] = {
-            "status": JobStatus.FAILED.value,
-            "error": f"{lost}; no attempts left ({max_attempts})",
-            "error_kind": "lost",
-            "finished_at": utcnow(),
-        }
-    else:
-        values = {"status": QUEUED, "worker": None, "error": lost, "error_kind": "lost"}
-    with db.session() as s:
-        done = s.execute(
-            update(Job)
-            .where(
-                Job.id == job.job_id,
-                Job.status == RUNNING,
-                Job.attempts == job.attempts,
-                Job.heartbeat_at < stale_before,
-            )
-            .values(**values)
-        )
-    return str(values["status"]) if done.rowcount == 1 else None  # type: ignore[attr-defined]
-
-
 def cancel_batch(db: Database, batch_id: str) -> int:
     """Cancel every queued or running job of the batch; returns how many changed."""
     now = utcnow()
@@ -328,7 +289,8 @@ def cancel_batch(db: Database, batch_id: str) -> int:
 def reset_for_retry(
     db: Database, *, batch_id: str | None = None, job_id: str | None = None
 ) -> list[RetryTarget]:
-    """Turn failed or cancelled jobs back into queued ones (attempts start over)."""
+    """Turn failed or cancelled jobs back into queued ones. ``attempts`` keeps counting (the
+    history stays); the attempt budget starts over from ``attempt_base``."""
     if (batch_id is None) == (job_id is None):
         raise ValueError("give exactly one of batch_id or job_id")
     scope = Job.batch_id == batch_id if batch_id is not None else Job.id == job_id
@@ -347,7 +309,8 @@ def reset_for_retry(
                 .where(Job.id.in_(chunk), retryable)
                 .values(
                     status=QUEUED,
-                    attempts=0,
+                    attempt_base=Job.attempts,
+                    retries=Job.retries + 1,
                     error=None,
                     error_kind=None,
                     worker=None,

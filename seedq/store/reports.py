@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 
 from seedq.store.db import Database
 from seedq.store.models import Batch, Job, JobStatus, Node, utcnow
+from seedq.store.trees import stored_node
 
 ERROR_STATUSES = (JobStatus.FAILED.value, JobStatus.CANCELLED.value, JobStatus.REJECTED.value)
 
@@ -28,6 +29,7 @@ class BatchSummary:
     first_started: datetime | None = None
     last_finished: datetime | None = None
     engine_options: dict[str, Any] | None = None  # None: the workers' own engine
+    tasks: tuple[str, ...] = ()  # the tasks of its jobs
 
     @property
     def total(self) -> int:
@@ -104,6 +106,13 @@ def summarize(db: Database, batch_ids: Sequence[str]) -> list[BatchSummary]:
             .where(Job.batch_id.in_(batch_ids))
             .group_by(Job.batch_id)
         ).all()
+        task_rows = s.execute(
+            select(Job.batch_id, Job.task).where(Job.batch_id.in_(batch_ids)).distinct()
+        ).all()
+    tasks: dict[str, set[str]] = {b: set() for b in batches}
+    for batch_id, task in task_rows:
+        if task:
+            tasks[batch_id].add(task)
     per_batch: dict[str, dict[str, int]] = {b: {} for b in batches}
     for batch_id, status, n in counts:
         per_batch[batch_id][status] = int(n)
@@ -116,7 +125,8 @@ def summarize(db: Database, batch_ids: Sequence[str]) -> list[BatchSummary]:
         first, last = spans.get(bid, (None, None))
         counts_of = per_batch[bid]
         out.append(
-            BatchSummary(b.id, b.created_at, b.queue, b.source, counts_of, first, last, b.engine)
+            BatchSummary(b.id, b.created_at, b.queue, b.source, counts_of, first, last, b.engine,
+                         tuple(sorted(tasks[bid])))
         )
     return out
 
@@ -153,6 +163,7 @@ def _result_record(job: Job, engine_options: dict[str, Any] | None) -> dict[str,
         "line": job.line_no,
         "status": job.status,
         "attempts": job.attempts,
+        "retries": job.retries,
         "wall_seconds": job.wall_seconds,
         "engine_options": engine_options,
         **result,
@@ -168,6 +179,7 @@ def _error_record(job: Job) -> dict[str, Any]:
         "error_kind": job.error_kind,
         "error": job.error,
         "attempts": job.attempts,
+        "retries": job.retries,
     }
 
 
@@ -177,22 +189,24 @@ def tree_nodes(db: Database, job_id: str) -> list[dict[str, Any]]:
         nodes = s.scalars(
             select(Node).where(Node.job_id == job_id).order_by(Node.depth, Node.node_id)
         ).all()
-    return [
-        {
-            "node_id": n.node_id,
-            "parent_id": n.parent_id,
-            "depth": n.depth,
-            "kind": n.kind,
-            "thought": n.thought,
-            "evaluation": n.evaluation,
-            "score": n.score,
-            "selected": n.selected,
-            "failure": n.failure,
-            "metrics": n.metrics,
-            "attempt": n.attempt,
-        }
-        for n in nodes
-    ]
+    return [{**stored_node(n), "attempt": n.attempt} for n in nodes]
+
+
+def running_workers(db: Database) -> dict[str, tuple[list[str], datetime | None]]:
+    """Every worker the database shows jobs running on: its queues and latest job heartbeat."""
+    with db.session() as s:
+        rows = s.execute(
+            select(Job.worker, Batch.queue, func.max(Job.heartbeat_at))
+            .join(Batch, Batch.id == Job.batch_id)
+            .where(Job.status == JobStatus.RUNNING.value, Job.worker.is_not(None))
+            .group_by(Job.worker, Batch.queue)
+        ).all()
+    out: dict[str, tuple[list[str], datetime | None]] = {}
+    for worker, queue, beat in rows:
+        queues, last = out.get(str(worker), ([], None))
+        latest = max((b for b in (last, beat) if b is not None), default=None)
+        out[str(worker)] = (sorted({*queues, queue}), latest)
+    return out
 
 
 def running_jobs(db: Database, workers: Sequence[str]) -> dict[str, list[dict[str, Any]]]:

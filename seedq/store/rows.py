@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, TypedDict, TypeVar
+from typing import Any, NotRequired, TypedDict, TypeVar
 
 T = TypeVar("T")
 NUL = "\x00"
@@ -52,6 +52,7 @@ class GenerationRow(TypedDict):
     accepted_tokens: int
     target_forwards: int
     draft_forwards: int
+    reused_prompt_tokens: NotRequired[int]  # revision 0005; absent: 0
     draft_seconds: float
     verify_seconds: float
     wait_seconds: float
@@ -77,6 +78,7 @@ class Rejection:
     field: str | None
     reason: str
     raw: str
+    custom_id: str | None = None  # the line's own, when it has a usable one
 
     def message(self) -> str:
         where = f"line {self.line_no}"
@@ -93,6 +95,12 @@ class Claimed:
     attempt: int
     payload: dict[str, Any]
     engine: dict[str, Any] | None = None
+    attempt_base: int = 0  # attempts made before the last `seedq retry`
+
+    @property
+    def budget_used(self) -> int:
+        """Attempts counted against ``max_attempts`` (those since the last retry)."""
+        return self.attempt - self.attempt_base
 
 
 @dataclass(frozen=True)
@@ -108,6 +116,11 @@ class StaleJob:
     job_id: str
     attempts: int
     worker: str | None
+    attempt_base: int = 0
+
+    @property
+    def budget_used(self) -> int:
+        return self.attempts - self.attempt_base
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from seedq.decoding import kvcache
+from seedq.decoding.drafters import candidates
 from seedq.decoding.sampling import one_hot, sample_without_replacement, warp_probs
+from seedq.decoding.sequence import ModelCache, SequenceState
 from seedq.decoding.speculative import accept_probability, residual_probs, verify_tree
 from seedq.decoding.tree import (
     DraftTree,
@@ -150,3 +153,45 @@ def test_chain_tree_is_chain() -> None:
     for token in (5, 6, 7):
         parent = tree.add(token, parent, torch.zeros(2))
     assert tree.is_chain and tree.depths == [1, 2, 3]
+
+
+def test_verify_tree_samples_the_bonus_token() -> None:
+    """After a fully accepted path the bonus token is drawn from the target row of the last
+    accepted node (not its argmax): here a tree (2, 1) whose second candidate and its child
+    are certain to be accepted."""
+    generator = torch.Generator().manual_seed(2)
+    vocab = 4
+    tokens, parents = [0, 1, 2, 3], [-1, -1, 0, 1]  # nodes 0, 1 at depth 1; 2 under 0, 3 under 1
+    draft = torch.stack([one_hot(torch.tensor(t), vocab) for t in tokens])
+    bonus = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    # rows: prefix (rejects node 0, accepts node 1), after node 0, 1, 2, 3 (the bonus row)
+    target = torch.stack([one_hot(torch.tensor(1), vocab), bonus, one_hot(torch.tensor(3), vocab),
+                          bonus, bonus])
+    draws = []
+    for _ in range(4000):
+        verdict = verify_tree(tokens, parents, draft, target, generator)
+        assert verdict.accepted_nodes == (1, 3)
+        draws.append(verdict.next_token)
+    assert _first_token_tv(draws, bonus) < 0.03
+
+
+@pytest.mark.parametrize("replacement", [True, False], ids=["with", "without"])
+def test_drafter_candidates_and_verify_tree_preserve_target(replacement: bool) -> None:
+    """The drafter's own candidates (tokens and the distributions they are recorded as drawn
+    from), verified: the first emitted token follows the target. Recording the unreduced
+    draft distribution for candidates drawn without replacement is off by ~0.05 here."""
+    generator = torch.Generator().manual_seed(3)
+    state = SequenceState(0, [1], SamplingParams(temperature=1.0), generator,
+                          ModelCache(kvcache.new_cache()))
+    target_probs = torch.tensor([0.05, 0.4, 0.1, 0.3, 0.15])
+    draft_probs = torch.tensor([0.4, 0.1, 0.3, 0.1, 0.1])
+    draws = []
+    for _ in range(10000):
+        drawn = candidates(draft_probs.log(), draft_probs, 3, state, replacement)
+        tokens = [token for token, _ in drawn]
+        target_rows = torch.cat([target_probs[None], torch.full((len(tokens), 5), 0.2)])
+        verdict = verify_tree(tokens, [-1] * len(tokens), torch.stack([s for _, s in drawn]),
+                              target_rows, generator)
+        first = tokens[verdict.accepted_nodes[0]] if verdict.accepted_nodes else verdict.next_token
+        draws.append(first)
+    assert _first_token_tv(draws, target_probs) < 0.02

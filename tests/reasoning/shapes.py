@@ -18,7 +18,7 @@ from seedq.reasoning.tree import Node, Tree, child_id, solution_id
 SEQUENCE_KEYS = ("thought_sequences", "evaluation_sequences")
 METRIC_NAMES = ("new_tokens", "drafted_tokens", "accepted_tokens", "target_forwards",
                 "draft_forwards", "draft_seconds", "verify_seconds", "wait_seconds",
-                "wall_seconds")
+                "wall_seconds", "prompt_tokens", "reused_prompt_tokens")
 
 
 def _rank(nodes: list[Node]) -> list[Node]:

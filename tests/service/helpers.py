@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,7 @@ from sqlalchemy import text
 
 from seedq.service.context import Services
 from seedq.service.worker import TreeWorker
+from tests.conftest import PYTHON, REPO
 from workers.testing import CannedGenerator
 
 QUESTIONS = [
@@ -76,3 +78,29 @@ def wait_until(cond: Callable[[], Any], timeout: float = 20.0, step: float = 0.0
             return value
         time.sleep(step)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+class WorkerProcesses:
+    """``python -m workers.gpu -v`` processes, each logging to ``tmp_path/worker<i>.log``."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+        log = (self.tmp_path / f"worker{len(self.procs)}.log").open("wb")
+        proc = subprocess.Popen(
+            [PYTHON, "-m", "workers.gpu", "-v", *args],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)

@@ -51,7 +51,7 @@ def test_submit_stores_engine_options(services: Services, tmp_path: Path) -> Non
     assert _stored_engine(services, batch) == want
     res = CliRunner().invoke(main, ["status", batch, "--json"], env=env)
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output)[0]["engine_options"] == want
+    assert json.loads(res.output)["engine_options"] == want
     plain = submit_file(services, path).batch_id  # no options: SQL NULL, the workers' engine
     assert scalar(services, "SELECT COUNT(*) FROM batches WHERE engine IS NULL") == 1
     assert reports.summarize(services.db, [plain])[0].engine_options is None
@@ -62,11 +62,14 @@ def test_submit_stores_engine_options(services: Services, tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("flags", "flag", "words"),
     [
-        (["--engine", "fast"], "--engine", "engine must be one of"),
+        (["--engine", "fast"], "--engine", "'fast' is not one of 'ar', 'batch'"),
         (["--k-config", "2,0"], "--k-config", "each >= 1"),
         (["--k-config", "two"], "--k-config", "expected integers"),
         (["--verify-batch", "0"], "--verify-batch", "must be in 1..256"),
-        (["--engine", "mcsd", "--mcsd-rule", "maybe"], "--mcsd-rule", "'with' or 'without'"),
+        (["--engine", "mcsd", "--mcsd-rule", "maybe"], "--mcsd-rule", "is not one of 'with'"),
+        (["--engine", "ar", "--gamma", "4"], "--gamma", "does not apply to engine 'ar'"),
+        (["--engine", "sd", "--verify-batch", "2"], "--verify-batch", "only to seed"),
+        (["--gamma", "3"], "--gamma", "give --engine too"),
     ],
 )
 def test_bad_engine_options_are_refused_naming_the_flag(

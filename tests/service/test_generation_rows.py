@@ -82,7 +82,8 @@ def test_one_row_per_generated_sequence(services: Services, tmp_path: Path) -> N
     run_burst(services, again)
     assert again.per_line == counter.per_line
     assert rows_per_line(services, batch) == dict(counter.per_line)
-    assert rows(services, "SELECT DISTINCT attempt FROM generations") == [(1,)]
+    # retry keeps the attempt history: the upserted rows belong to the second attempt
+    assert rows(services, "SELECT DISTINCT attempt FROM generations") == [(2,)]
 
 
 def check_rows(services: Services, batch: str) -> None:

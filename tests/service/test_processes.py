@@ -16,9 +16,10 @@ from seedq import queue as q
 from seedq.service.context import Services
 from seedq.service.submit import submit_file
 from seedq.store import reports
-from tests.conftest import PYTHON, REPO, env_for
+from tests.conftest import env_for
 from tests.service.helpers import (
     SMALL,
+    WorkerProcesses,
     gsm8k_lines,
     rows,
     run_burst,
@@ -30,11 +31,10 @@ from tests.service.helpers import (
 NODES_PER_TREE = 6
 
 
-class Workers:
+class Workers(WorkerProcesses):
     def __init__(self, services: Services, tmp_path: Path) -> None:
+        super().__init__(tmp_path)
         self.services = services
-        self.tmp_path = tmp_path
-        self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(
         self, *args: str, delay: float = 0.02, round_size: int = 2, **extra: str
@@ -46,25 +46,10 @@ class Workers:
             SEEDQ_ROUND_SIZE=str(round_size),
             **extra,
         )
-        log = (self.tmp_path / f"worker{len(self.procs)}.log").open("wb")
-        proc = subprocess.Popen(
-            [PYTHON, "-m", "workers.gpu", "-v", *args],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        self.procs.append(proc)
-        return proc
+        return self.spawn(env, *args)
 
     def logs(self) -> str:
         return "\n".join(p.read_text() for p in sorted(self.tmp_path.glob("worker*.log")))
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
 
 
 @pytest.fixture

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from seedq.decoding.types import SamplingParams
+from seedq.decoding.types import GroupRequest, GroupResult, SamplingParams
 from seedq.reasoning import TreeResult, parse_job, run_tree
 from seedq.reasoning.tree import Node
-from seedq.service.records import generation_rows, node_row
+from seedq.service.jobrun import EngineTap
+from seedq.service.records import generation_rows, node_row, result_record
+from seedq.service.usage import JobUsage
 from tests.reasoning.scripted import ScriptedGenerator
+from workers.testing import CannedGenerator
 
 M = {
     "new_tokens": 10,
@@ -17,6 +20,7 @@ M = {
     "accepted_tokens": 6,
     "target_forwards": 4,
     "draft_forwards": 8,
+    "reused_prompt_tokens": 5,
     "draft_seconds": 0.5,
     "verify_seconds": 0.25,
     "wait_seconds": 0.1,
@@ -53,6 +57,7 @@ def test_sampled_thought_with_value_samples() -> None:
     assert [r["new_tokens"] for r in rows] == [11, 13, 14, 15]
     assert rows[0]["engine"] == "seed" and rows[0]["depth"] == 1
     assert rows[0]["wall_seconds"] == 1.0 and rows[0]["accepted_tokens"] == 6
+    assert rows[0]["reused_prompt_tokens"] == 5
 
 
 def test_proposal_and_vote_samples_are_one_row_each_for_all_siblings() -> None:
@@ -141,3 +146,24 @@ def test_known_shape_gives_known_row_counts() -> None:
     assert {s: roles.count(s) for s in set(roles)} == {"propose": 3, "vote": 9, "solution": 1}
     assert all(r["node_id"] is None for r in rows if r["strategy"] in ("propose", "vote"))
     assert counting.produced == 13
+
+
+def test_usage_of_a_generator_without_models() -> None:
+    """A test double has no EngineConfig: its class and engine are recorded, no models; no
+    target busy record when the engine does not measure it, the sums when it does."""
+    usage = JobUsage()
+    usage.serve(EngineTap(CannedGenerator(0)))
+    watched = usage.watch(CannedGenerator(0))
+    request = GroupRequest(("a", "b"))
+    asyncio.run(watched.generate(request))
+    out = result_record(run_custom(breadth=1, depth=1)[0], usage.record(2.0))
+    assert out["models"] == {"target": None, "draft": None, "engine": "canned",
+                             "device": None, "dtype": None, "generator": "CannedGenerator"}
+    assert "target_busy" not in out and "tree" in out
+    for busy, wall in ((0.5, 1.0), (0.25, 1.0)):
+        usage.add(GroupResult("seed", [], wall, 0, {"target_busy_seconds": busy}))
+    assert usage.record(3.0)["target_busy"] == {
+        "busy_seconds": 0.75, "group_seconds": 2.0, "job_seconds": 3.0, "groups": 2,
+        "fraction": 0.375,
+    }
+    assert usage.record(3.0)["models"]["engine"] == "canned, seed"

@@ -133,8 +133,9 @@ def test_fault_classification(exc: BaseException, kind: FaultKind) -> None:
 
 
 def test_settings_from_env() -> None:
-    s = Settings.from_env({})
-    assert s.redis_url == "redis://127.0.0.1:6379/0" and s.sqlite_path() == Path("var/seedq.sqlite")
+    s = Settings.from_env({"XDG_DATA_HOME": "/data"})
+    assert s.redis_url == "redis://127.0.0.1:6379/0"
+    assert s.sqlite_path() == Path("/data/seedq/seedq.sqlite")  # absolute, per user
     s = Settings.from_env(
         {
             "SEEDQ_QUEUE": "gpu",

@@ -41,7 +41,8 @@ def test_good_file_is_stored_and_enqueued_with_json(services: Services, tmp_path
     raw = services.redis.hget(RQJob.key_for(ids[0]), "data")
     assert raw is not None
     func, _instance, args, _kwargs = json.loads(__import__("zlib").decompress(raw))
-    assert func == q.JOB_FUNC and args == [q.make_payload(ids[0], report.batch_id)]
+    payload = q.make_payload(ids[0], report.batch_id, services.store_id)
+    assert func == q.JOB_FUNC and args == [payload] and payload["store"]
 
 
 BAD_LINES = [
@@ -176,7 +177,7 @@ def test_out_of_date_schema_is_refused(tmp_path: Path, settings: Settings) -> No
     runner = CliRunner()
     for args in (["submit", str(good)], ["worker", "--burst"], ["status"]):
         res = runner.invoke(main, args, env=env)
-        assert res.exit_code == 1 and "seedq db upgrade" in res.output, res.output
+        assert res.exit_code == 2 and "seedq db upgrade" in res.output, res.output
 
 
 def test_unreachable_redis_submits_nothing(services: Services, tmp_path: Path) -> None:
@@ -191,4 +192,4 @@ def test_unreachable_redis_submits_nothing(services: Services, tmp_path: Path) -
         offline.close()
     assert scalar(services, "SELECT COUNT(*) FROM batches") == 0
     res = CliRunner().invoke(main, ["worker", "--burst"], env=cli_env(settings))
-    assert res.exit_code == 1 and "cannot reach Redis" in res.output
+    assert res.exit_code == 2 and "cannot reach Redis" in res.output

@@ -72,6 +72,13 @@ def test_tiny_models_end_to_end(services: Services, tmp_path: Path) -> None:
         result = TreeResult.from_json(record)
         check_tree(result.tree, spec.search)
         assert result.metrics["engine"] == "seed"
+        # what served the job (seedq.service.usage), exported by ``seedq results`` too
+        assert record["models"] == {"target": "tiny", "draft": "tiny-draft", "engine": "seed",
+                                    "device": "cpu", "dtype": "float32",
+                                    "generator": "LocalGenerator"}
+        busy = record["target_busy"]
+        assert busy["groups"] > 0 and 0 < busy["fraction"] <= 1
+        assert busy["job_seconds"] == record["wall_seconds"]
         check_node_rows(services, record["job_id"], result)
         check_generation_rows(services, record["job_id"], result)
     shared = rows(services, "SELECT strategy, shared FROM generations WHERE node_id IS NULL")

@@ -92,7 +92,7 @@ def test_end_to_end_submit_worker_results(services: Services, tmp_path: Path) ->
     assert job.get_status() == "finished"
     assert job.return_value()["nodes"] == NODES_PER_TREE
     status = CliRunner().invoke(main, ["status", batch, "--json"], env=env)
-    assert json.loads(status.output)[0]["counts"]["completed"] == 5
+    assert json.loads(status.output)["counts"]["completed"] == 5
 
 
 def test_transient_fault_is_retried_with_backoff(services: Services, tmp_path: Path) -> None:
@@ -169,7 +169,8 @@ def test_cancel_a_running_batch(services: Services, tmp_path: Path) -> None:
     assert reports.summarize(services.db, [batch])[0].counts == {"cancelled": 6}
     assert worker.completed == 0
     canceled = services.queue().canceled_job_registry.get_job_ids()
-    assert len(canceled) == 6  # 2 stopped while running, 4 dropped when dequeued
+    assert len(canceled) == 2  # the 2 stopped while running
+    assert services.redis.llen(services.queue().key) == 0  # the 4 queued left Redis at cancel
 
 
 def test_rerun_of_a_finished_tree_writes_no_duplicates(services: Services, tmp_path: Path) -> None:

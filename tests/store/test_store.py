@@ -14,6 +14,7 @@ from seedq.store import migrate, repo, reports
 from seedq.store.db import Database
 from seedq.store.models import Base, utcnow
 from seedq.store.rows import Claimed, ClaimRefused, GenerationRow, NewJob, NodeRow, Rejection
+from seedq.store.stale import find_stale, recover_stale
 
 
 @pytest.fixture
@@ -170,14 +171,14 @@ def test_stale_recovery_requeues_then_fails(db: Database) -> None:
     (job_id,) = make_batch(db, 1, queue="qq")
     repo.claim_job(db, job_id, "dead", utcnow() - timedelta(seconds=10))
     cutoff = utcnow() + timedelta(seconds=1)
-    (stale,) = repo.find_stale(db, "qq", cutoff)
-    assert repo.recover_stale(db, stale, cutoff, max_attempts=2) == "queued"
-    assert repo.recover_stale(db, stale, cutoff, max_attempts=2) is None  # already done
+    (stale,) = find_stale(db, "qq", cutoff)
+    assert recover_stale(db, stale, cutoff, max_attempts=2) == "queued"
+    assert recover_stale(db, stale, cutoff, max_attempts=2) is None  # already done
     repo.claim_job(db, job_id, "dead2", utcnow() - timedelta(seconds=10))
-    (stale,) = repo.find_stale(db, "qq", utcnow() + timedelta(seconds=1))
+    (stale,) = find_stale(db, "qq", utcnow() + timedelta(seconds=1))
     assert stale.attempts == 2
     assert (
-        repo.recover_stale(db, stale, utcnow() + timedelta(seconds=1), max_attempts=2) == "failed"
+        recover_stale(db, stale, utcnow() + timedelta(seconds=1), max_attempts=2) == "failed"
     )
 
 
@@ -214,9 +215,11 @@ def test_revision_0002_keeps_legacy_rows_until_their_job_completes(database_url:
                 text("SELECT gen_key, group_key, seq_index, strategy, sequences FROM generations")
             ).all()
         assert [tuple(r) for r in legacy] == [("0.1:evaluation", None, 0, None, 3)]
-        assert migrate.upgrade(database) == migrate.head_revision() == "0003"
+        assert migrate.upgrade(database) == migrate.head_revision() == "0005"
         with database.engine.connect() as conn:  # 0003: batches of old have no engine options
             assert conn.execute(text("SELECT engine FROM batches")).scalars().all() == [None]
+            reused = text("SELECT reused_prompt_tokens FROM generations")  # 0005: old rows 0
+            assert conn.execute(reused).scalars().all() == [0]
         claim = repo.claim_job(database, job_id, "w", utcnow() - timedelta(seconds=10))
         assert isinstance(claim, Claimed) and claim.attempt == 1  # same attempt as the old rows
         repo.record_node(database, job_id, 1, node("0.1", "0", 1), [gen("0/value#0", "0.1", 4)])

@@ -24,6 +24,7 @@ class AutoregressiveEngine:
             state.started = time.perf_counter()
             while not state.done:
                 self.step(state)
+                meter.tick()
             meter.sample()
         return group_result(self.name, [s.result() for s in states], started, meter)
 

@@ -7,16 +7,18 @@ import functools
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import psutil
 import torch
+from transformers import DynamicCache
 
 from seedq.decoding import kvcache
 from seedq.decoding.config import EngineConfig
 from seedq.decoding.drafters import Drafter, ModelDrafter
 from seedq.decoding.models import LanguageModel, Tokenizer
+from seedq.decoding.prefix_cache import PrefixCache, PrefixCaches
 from seedq.decoding.sequence import ModelCache, SequenceState, StopRule, make_generator
 from seedq.decoding.types import GroupRequest, GroupResult, SequenceResult
 
@@ -30,6 +32,8 @@ class Runtime:
     tokenizer: Tokenizer
     drafter: Drafter | None = None
     draft_model: LanguageModel | None = None
+    # prompt prefixes already encoded, per model (SEEDQ_PREFIX_CACHE_MB; derived runtimes share)
+    prefix: PrefixCaches = field(default_factory=PrefixCaches.from_env)
 
     @functools.cached_property
     def stop_rule(self) -> StopRule:  # built once, used on every commit
@@ -51,23 +55,38 @@ def shared_prefix_length(prompts: Sequence[list[int]]) -> int:
     return length
 
 
-def prefill(model: LanguageModel, tokens: list[int], copies: int) -> list[ModelCache]:
-    """Encode a shared prefix once and hand each sequence its own copy of the cache."""
-    cache = kvcache.new_cache()
-    if tokens:
-        model.forward_chain(tokens, cache, keep=1)
+def encode_prefix(model: LanguageModel, tokens: list[int], prefix: PrefixCache | None = None
+                  ) -> tuple[DynamicCache, int]:
+    """A new cache holding the KV of ``tokens``: the longest part the prefix cache holds is
+    copied from it, only the rest is encoded (and stored back). Returns the cache and how many
+    tokens came from the prefix cache."""
+    reused, cache = prefix.match(tokens) if prefix is not None else (0, kvcache.new_cache())
+    if len(tokens) > reused:
+        model.forward_chain(tokens[reused:], cache, keep=1)
+        if prefix is not None:
+            prefix.insert(tokens, cache)
+    return cache, reused
+
+
+def prefill(model: LanguageModel, tokens: list[int], copies: int,
+            prefix: PrefixCache | None = None) -> tuple[list[ModelCache], int]:
+    """Encode a shared prefix once (reusing the prefix cache) and hand each sequence its own
+    copy of the cache; also returns the number of tokens reused from the prefix cache."""
+    cache, reused = encode_prefix(model, tokens, prefix)
     caches = [cache] + [kvcache.clone(cache) for _ in range(copies - 1)]
-    return [ModelCache(c, len(tokens)) for c in caches]
+    return [ModelCache(c, len(tokens)) for c in caches], reused
 
 
 def prepare_group(runtime: Runtime, request: GroupRequest) -> list[SequenceState]:
     """Tokenize, encode the shared prefix once per model, and build per-sequence states."""
     prompts = [runtime.tokenizer.encode(p, request.chat) for p in request.prompts]
     shared = shared_prefix_length(prompts)
-    target_caches = prefill(runtime.target, prompts[0][:shared], len(prompts))
+    target_caches, reused = prefill(runtime.target, prompts[0][:shared], len(prompts),
+                                    runtime.prefix.target)
     draft_caches: list[ModelCache | None] = [None] * len(prompts)
     if isinstance(runtime.drafter, ModelDrafter):
-        draft_caches = list(prefill(runtime.drafter.model, prompts[0][:shared], len(prompts)))
+        draft_caches = list(prefill(runtime.drafter.model, prompts[0][:shared], len(prompts),
+                                    runtime.prefix.draft)[0])
     states = []
     for index, ids in enumerate(prompts):
         state = SequenceState(
@@ -77,6 +96,8 @@ def prepare_group(runtime: Runtime, request: GroupRequest) -> list[SequenceState
             generator=make_generator(request.seed_for(index)),
             target=target_caches[index],
         )
+        state.metrics.prompt_tokens = len(ids)
+        state.metrics.reused_prompt_tokens = reused
         if runtime.drafter is not None:
             runtime.drafter.start(state, draft_caches[index])
         states.append(state)
@@ -84,24 +105,31 @@ def prepare_group(runtime: Runtime, request: GroupRequest) -> list[SequenceState
 
 
 class MemoryMeter:
-    """Peak memory of a group: CUDA max allocated, or the process RSS sampled on CPU."""
+    """Peak memory of a group, sampled at its steps: on CUDA the memory allocated on the
+    device, on a CPU the process RSS. Nothing process-wide is reset (groups overlap in the
+    SeeD scheduler), so on CUDA a group's peak includes what overlapping groups held."""
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
+        self.device = device
         self.process = psutil.Process(os.getpid())
         self.peak = 0
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats(device)
-            self.device = device
         self.sample()
 
     def sample(self) -> None:
-        if not self.cuda:
-            self.peak = max(self.peak, int(self.process.memory_info().rss))
+        if self.cuda:
+            used = int(torch.cuda.memory_allocated(self.device))
+        else:
+            used = int(self.process.memory_info().rss)
+        self.peak = max(self.peak, used)
+
+    def tick(self) -> None:
+        """After one decoding step: sampled on CUDA (cheap); on a CPU RSS is sampled per
+        sequence and at the end only."""
+        if self.cuda:
+            self.sample()
 
     def result(self) -> int:
-        if self.cuda:
-            return int(torch.cuda.max_memory_allocated(self.device))
         self.sample()
         return self.peak
 

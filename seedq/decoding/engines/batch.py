@@ -1,8 +1,10 @@
 """``batch``: the target alone, all N sequences in one padded batch (the paper's "Parallel").
 
 The shared prompt prefix is encoded once and repeated; the per-sequence suffixes are
-left-padded inside one forward (2D attention mask with explicit position ids); then every
-step decodes one token for every unfinished row. Finished rows leave the batch.
+left-padded inside one forward (a per-row padding mask, made a 4D mask for
+``LanguageModel.forward``, with explicit position ids); then every step decodes one token
+for every unfinished row. Finished rows leave the batch. Each forward's time is split
+evenly over its rows (``verify_seconds``).
 """
 
 from __future__ import annotations
@@ -69,23 +71,17 @@ class BatchEngine:
         states: list[SequenceState],
         ids: torch.Tensor,  # [B, Q]
         cache: DynamicCache,
-        mask: torch.Tensor,  # [B, K] 0/1
+        mask: torch.Tensor,  # [B, K] 0/1: which cached and new positions each row may see
         positions: torch.Tensor,  # [B, Q]
     ) -> torch.Tensor:  # [B, V] logits of the last column
         began = time.perf_counter()
-        target = self.runtime.target
-        with torch.inference_mode():
-            out = target.model(
-                input_ids=ids.to(target.device), attention_mask=mask.to(target.device),
-                position_ids=positions.to(target.device), cache=cache, use_cache=True,
-                logits_to_keep=1,
-            )
-        target.forwards += 1
-        elapsed = time.perf_counter() - began
+        logits = self.runtime.target.forward(ids, cache, attention_mask(mask, ids.shape[1]),
+                                             positions, keep=1)  # [B, 1, V]
+        share = (time.perf_counter() - began) / len(states)  # one forward, split per row
         for state in states:
             state.metrics.target_forwards += 1
-            state.metrics.verify_seconds += elapsed
-        return out.logits[:, -1, : target.vocab_size].float().cpu()
+            state.metrics.verify_seconds += share
+        return logits[:, -1].cpu()
 
     def _decode(
         self,
@@ -98,7 +94,8 @@ class BatchEngine:
     ) -> None:
         active = list(states)
         while True:
-            tokens = [self._choose(state, logits[row]) for row, state in enumerate(active)]
+            tokens = [commit_token(self.runtime, state, logits[row])
+                      for row, state in enumerate(active)]
             keep = [row for row, state in enumerate(active) if not state.done]
             meter.sample()
             if not keep:
@@ -114,7 +111,21 @@ class BatchEngine:
             ids = torch.tensor(tokens, dtype=torch.long)[:, None]
             logits = self._forward(active, ids, cache, mask, last_positions[:, None])
 
-    def _choose(self, state: SequenceState, logits: torch.Tensor) -> int:
-        token = sample(warp_probs(logits, state.params), state.generator)
-        self.runtime.stop_rule.commit(state, [token])
-        return token
+
+def commit_token(runtime: Runtime, state: SequenceState, logits: torch.Tensor) -> int:
+    """Sample a sequence's next token from its logits [V] (its own generator, so the tokens
+    do not depend on which rows shared the forward) and commit it under the stop rules."""
+    token = sample(warp_probs(logits, state.params), state.generator)
+    runtime.stop_rule.commit(state, [token])
+    return token
+
+
+def attention_mask(mask: torch.Tensor, queries: int) -> torch.Tensor:
+    """Padding mask [B, K] (1 = a real position) -> boolean mask [B, 1, Q, K] for the last Q
+    positions: each query sees the real positions up to itself, and itself (so a padding
+    query is never fully masked, which would turn its attention into NaNs)."""
+    keys = mask.shape[1]
+    causal = torch.ones((queries, keys), dtype=torch.bool).tril(keys - queries)  # [Q, K]
+    itself = torch.zeros((queries, keys), dtype=torch.bool)
+    itself[:, keys - queries :] = torch.eye(queries, dtype=torch.bool)
+    return (mask.bool()[:, None, None, :] & causal) | itself  # [B, 1, Q, K]

@@ -3,78 +3,65 @@
 Every sequence has its own drafter session (its own draft KV cache). Drafter threads draft
 for the sequences that are ready and put each draft into ONE first-come-first-served
 verification queue; ONE verifier thread owns the target, takes drafts in arrival order (up
-to ``verify_batch`` at a time, verified in one batched forward) and hands each verified
-sequence straight back to the drafters (rounds: at most one draft outstanding per sequence).
-Drafting and verification overlap in time; every wait is a blocking queue get, never a
-busy loop. The scheduler is long-lived: groups from many callers (the trees of many jobs)
-share the drafters and the target.
+to the group's ``verify_batch`` at a time, verified in one batched forward) and hands each
+verified sequence straight back to the drafters (rounds: at most one draft outstanding per
+sequence). Drafting and verification overlap in time; every wait is a blocking queue get,
+never a busy loop. The scheduler is long-lived: groups from many callers (the trees of many
+jobs, of any engine options) share the drafters and the target; each group carries its own
+options (:class:`GroupSpec`: draft shape through its runtime's drafter, batch sizes).
+
+Nothing a caller does stops the threads: a group whose future was cancelled is dropped at
+its next step, completing or failing a finished future is harmless, and an error in a step
+fails only the groups in it (a failed batched step is retried one sequence at a time first,
+so only the group at fault fails).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
+from collections import deque
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from seedq.decoding.drafters import ModelDrafter
+from seedq.decoding.engines import lanes
 from seedq.decoding.engines.base import MemoryMeter, Runtime, prepare_group
-from seedq.decoding.engines.speculative import verify
-from seedq.decoding.sequence import SequenceState
+from seedq.decoding.engines.seed_groups import (
+    GroupSpec,
+    SeedGroup,
+    Snapshot,
+    Ticket,
+    reject,
+    resolve,
+)
+from seedq.decoding.engines.speculative import settle, target_logits
 from seedq.decoding.tree import DraftTree
 from seedq.decoding.types import GroupRequest, GroupResult
+
+__all__ = ["GroupSpec", "SeedScheduler"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(eq=False)
-class _Group:
-    request: GroupRequest
-    future: Future[GroupResult]
-    meter: MemoryMeter
-    started: float = field(default_factory=time.perf_counter)
-    busy_at_start: float = 0.0
-    states: list[SequenceState] = field(default_factory=list)
-    unfinished: int = 0
-
-
-@dataclass
-class _Draft:
-    state: SequenceState
-    group: _Group
-    tree: DraftTree
-    submitted: float = field(default_factory=time.perf_counter)
-
-
 _STOP = object()
-
-
-def _thread_split(device_type: str, draft_threads: int) -> tuple[int, int]:
-    """Intra-op threads for the verifier and for each drafter thread. On a CPU the cores are
-    split so that drafting and verification really run side by side instead of fighting
-    over the same cores; SEEDQ_SEED_THREADS="V,D" overrides. 0 leaves torch's default."""
-    override = os.environ.get("SEEDQ_SEED_THREADS")
-    if override:
-        verifier, drafter = (int(x) for x in override.split(","))
-        return verifier, drafter
-    if device_type != "cpu":
-        return 0, 0
-    cores = max(1, torch.get_num_threads())
-    # measured on 2 cores with SmolLM2 + int8 draft: the verifier on all cores and one core
-    # per drafter beats an even split and beats leaving both on torch's default
-    return cores, max(1, cores // 2 // draft_threads)
 
 
 class SeedScheduler:
     name = "seed"
 
     def __init__(
-        self, runtime: Runtime, verify_batch: int = 1, draft_batch: int = 1, draft_threads: int = 2
+        self,
+        runtime: Runtime,
+        verify_batch: int = 1,
+        draft_batch: int = 1,
+        draft_threads: int = 2,
+        target_lock: threading.Lock | None = None,
     ) -> None:
         if runtime.drafter is None:
             raise ValueError("engine 'seed' needs a drafter")
@@ -83,158 +70,277 @@ class SeedScheduler:
         self.verify_batch = verify_batch
         self.draft_batch = draft_batch
         self.draft_threads = max(1, draft_threads)
+        # held around every target step; shared with the other engines over this target
+        self.target_lock = target_lock or threading.Lock()
         self._verify_q: queue.Queue[object] = queue.Queue()
         self._ready_q: queue.Queue[object] = queue.Queue()
         self._threads: list[threading.Thread] = []
+        self._drafters = 0
         self._start_lock = threading.Lock()
-        self._open_groups: set[_Group] = set()  # touched by the verifier thread and close()
+        self._open_groups: set[SeedGroup] = set()
         self.busy_seconds = 0.0  # target computing (verification + prefill)
-        self.verifier_threads, self.drafter_threads = _thread_split(
-            runtime.target.device.type, self.draft_threads
+        self._cores = torch.get_num_threads()
+        self.verifier_threads, self.drafter_threads = lanes.thread_split(
+            runtime.target.device.type, self.draft_threads, self._cores
         )
 
     # -- public -------------------------------------------------------------------------
-    def submit(self, request: GroupRequest) -> Future[GroupResult]:
-        self._ensure_started()
-        group = _Group(request, Future(), MemoryMeter(self.runtime.target.device))
+    def own_spec(self) -> GroupSpec:
+        """The options this scheduler was built with, as a group's spec."""
+        return GroupSpec(self.runtime, self.verify_batch, self.draft_batch, self.draft_threads)
+
+    @property
+    def open_groups(self) -> int:
+        """Groups submitted and neither finished, failed nor cancelled."""
+        return len(self._open_groups)
+
+    def submit(self, request: GroupRequest, spec: GroupSpec | None = None) -> Future[GroupResult]:
+        spec = spec or self.own_spec()
+        if spec.runtime.target is not self.runtime.target or spec.runtime.drafter is None:
+            raise ValueError("a seed group needs a drafter over this scheduler's target")
+        self._ensure_started(spec.draft_threads)
+        group = SeedGroup(request, spec, Future(), MemoryMeter(self.runtime.target.device))
         group.busy_at_start = self.busy_seconds
         self._open_groups.add(group)
+        group.future.add_done_callback(lambda _: self._open_groups.discard(group))
         self._verify_q.put(group)  # the verifier owns the target: it encodes the prompts
         return group.future
 
-    def run(self, request: GroupRequest) -> GroupResult:
-        return self.submit(request).result()
+    def run(self, request: GroupRequest, spec: GroupSpec | None = None) -> GroupResult:
+        return self.submit(request, spec).result()
 
     def close(self) -> None:
-        if not self._threads:
+        with self._start_lock:
+            threads, self._threads, drafters, self._drafters = self._threads, [], self._drafters, 0
+        if not threads:
             return
         self._verify_q.put(_STOP)
-        for _ in range(self.draft_threads):
+        for _ in range(drafters):
             self._ready_q.put(_STOP)
-        for thread in self._threads:
+        for thread in threads:
             thread.join()
-        self._threads = []
         closed = RuntimeError("the seed scheduler was closed before this group finished")
         for group in list(self._open_groups):
-            if not group.future.done():
-                group.future.set_exception(closed)
+            reject(group.future, closed)
         self._open_groups.clear()
 
     # -- threads ------------------------------------------------------------------------
-    def _ensure_started(self) -> None:
+    def _ensure_started(self, draft_threads: int) -> None:
+        """Start the verifier and enough drafter threads; they claim their intra-op thread
+        counts before this returns, and the default count is put back afterwards."""
         with self._start_lock:
-            if self._threads:
+            wanted = max(self.draft_threads, draft_threads)
+            if self._threads and self._drafters >= wanted:
                 return
-            self._threads.append(
-                threading.Thread(target=self._verifier_loop, name="seed-verifier", daemon=True)
+            _, drafter_count = lanes.thread_split(
+                self.runtime.target.device.type, wanted, self._cores
             )
-            for i in range(self.draft_threads):
-                self._threads.append(
-                    threading.Thread(target=self._drafter_loop, name=f"seed-drafter-{i}",
-                                     daemon=True)
-                )
-            for thread in self._threads:
-                thread.start()
+            starting: list[threading.Event] = []
+            with lanes.keeping_default_threads():
+                if not self._threads:
+                    starting.append(self._start(self._verifier_loop, "seed-verifier",
+                                                self.verifier_threads))
+                while self._drafters < wanted:
+                    starting.append(self._start(self._drafter_loop,
+                                                f"seed-drafter-{self._drafters}", drafter_count))
+                    self._drafters += 1
+                for ready in starting:
+                    ready.wait()
 
-    def _verifier_loop(self) -> None:
-        self._set_threads(self.verifier_threads)
-        deferred: list[object] = []
+    def _start(self, loop: Callable[[lanes.Lane], None], name: str, count: int
+               ) -> threading.Event:
+        ready = threading.Event()
+
+        def main() -> None:
+            try:
+                lanes.claim_threads(count)
+                lane = lanes.Lane(self.runtime.target.device)
+            except Exception:  # no own stream: the thread still serves, on the default one
+                log.exception("seed: %s could not set up its lane", name)
+                lane = lanes.Lane(torch.device("cpu"))
+            finally:
+                ready.set()
+            with lane.active():
+                loop(lane)
+
+        thread = threading.Thread(target=main, name=name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+        return ready
+
+    def _verifier_loop(self, lane: lanes.Lane) -> None:
+        deferred: deque[object] = deque()
         while True:
-            item = deferred.pop(0) if deferred else self._verify_q.get()
+            item = deferred.popleft() if deferred else self._verify_q.get()
             if item is _STOP:
                 return
-            if isinstance(item, _Group):
-                self._admit(item)
+            if isinstance(item, SeedGroup):
+                self._guarded([item], self._admit, item, lane)
                 continue
-            assert isinstance(item, _Draft)
-            batch = [item]
-            while len(batch) < self.verify_batch:
-                try:
-                    extra = self._verify_q.get_nowait()
-                except queue.Empty:
-                    break
-                if isinstance(extra, _Draft):
-                    batch.append(extra)
-                else:
-                    deferred.append(extra)
-            self._verify(batch)
+            assert isinstance(item, Ticket)
+            batch = self._take_verify_batch(item, deferred)
+            self._guarded([t.group for t in batch], self._verify, batch, lane)
 
-    def _drafter_loop(self) -> None:
-        self._set_threads(self.drafter_threads)
+    def _take_verify_batch(self, head: Ticket, deferred: deque[object]) -> list[Ticket]:
+        """The head draft and, up to its group's verify_batch, the drafts waiting behind it
+        whose groups allow batching; anything else waits its turn in ``deferred``."""
+        batch = [head]
+        while len(batch) < head.group.spec.verify_batch:
+            try:
+                extra = self._verify_q.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(extra, Ticket) and extra.group.spec.verify_batch > 1:
+                batch.append(extra)
+            else:
+                deferred.append(extra)
+        return batch
+
+    def _drafter_loop(self, lane: lanes.Lane) -> None:
         while True:
             item = self._ready_q.get()
             if item is _STOP:
                 return
-            batch = [item]
-            while len(batch) < self.draft_batch:
-                try:
-                    extra = self._ready_q.get_nowait()
-                except queue.Empty:
-                    break
-                if extra is _STOP:
-                    self._ready_q.put(_STOP)
-                    break
-                batch.append(extra)
-            self._draft(batch)  # type: ignore[arg-type]
+            assert isinstance(item, Ticket)
+            batch = self._take_draft_batch(item)
+            self._guarded([t.group for t in batch], self._draft, batch, lane)
 
-    @staticmethod
-    def _set_threads(count: int) -> None:
-        if count > 0:
-            torch.set_num_threads(count)  # per calling thread with torch's OpenMP backend
+    def _take_draft_batch(self, head: Ticket) -> list[Ticket]:
+        """The head sequence and, up to its group's draft_batch, ready sequences drafted by
+        the same draft model; the first one that does not fit goes back to the queue."""
+        batch = [head]
+        model = getattr(head.group.spec.drafter, "model", None)
+        while model is not None and len(batch) < head.group.spec.draft_batch:
+            try:
+                extra = self._ready_q.get_nowait()
+            except queue.Empty:
+                break
+            fits = (isinstance(extra, Ticket) and extra.group.spec.draft_batch > 1
+                    and getattr(extra.group.spec.drafter, "model", None) is model)
+            if not fits:
+                self._ready_q.put(extra)
+                break
+            assert isinstance(extra, Ticket)
+            batch.append(extra)
+        return batch
 
     # -- steps --------------------------------------------------------------------------
-    def _admit(self, group: _Group) -> None:
-        began = time.perf_counter()
+    def _guarded(self, groups: Iterable[SeedGroup], step: Callable[..., None], *args: Any) -> None:
+        """Run one step; whatever it raises fails the groups in it, and the thread goes on."""
         try:
-            group.states = prepare_group(self.runtime, group.request)
-        except Exception as exc:  # bad input: fail this group, keep serving the others
-            self._fail({group}, exc)
+            step(*args)
+        except Exception as exc:
+            self._fail(set(groups), exc)
+
+    def _live(self, group: SeedGroup) -> bool:
+        """False for a group that is finished, failed or cancelled: its sequences are
+        dropped here, at their next step."""
+        if group.future.done():
+            self._open_groups.discard(group)
+            return False
+        return True
+
+    def _admit(self, group: SeedGroup, lane: lanes.Lane) -> None:
+        if not self._live(group):
             return
-        finally:
-            self.busy_seconds += time.perf_counter() - began
+        with self.target_lock:
+            began = time.perf_counter()
+            try:
+                group.states = prepare_group(group.spec.runtime, group.request)
+            finally:
+                self.busy_seconds += time.perf_counter() - began
         group.unfinished = len(group.states)
+        event = lane.hand_over()
         for state in group.states:
             state.started = time.perf_counter()
-            self._ready_q.put((state, group))
+            self._ready_q.put(Ticket(state, group, event=event))
 
-    def _draft(self, batch: list[tuple[SequenceState, _Group]]) -> None:
-        live = [(s, g) for s, g in batch if not g.future.done()]
+    def _draft(self, batch: list[Ticket], lane: lanes.Lane) -> None:
+        live = [t for t in batch if self._live(t.group)]
         if not live:
             return
+        for ticket in live:
+            lane.receive(ticket.state, ticket.event)
+        snapshots = [Snapshot.of(t.state) for t in live] if len(live) > 1 else []
         try:
-            states = [s for s, _ in live]
-            if isinstance(self.drafter, ModelDrafter):
-                trees = self.drafter.draft_many(states)
-            else:
-                trees = [self.drafter.draft(s) for s in states]
+            trees = self._draft_trees(live)
         except Exception as exc:
-            self._fail({g for _, g in live}, exc)
+            if len(live) == 1:
+                raise
+            log.warning("seed: a batched draft of %d failed (%s); drafting each alone",
+                        len(live), exc)
+            for ticket, snapshot in zip(live, snapshots, strict=True):
+                snapshot.restore(ticket.state)
+                self._guarded([ticket.group], self._draft, [ticket], lane)
             return
-        for (state, group), tree in zip(live, trees, strict=True):
-            self._verify_q.put(_Draft(state, group, tree))
+        event = lane.hand_over()
+        for ticket, tree in zip(live, trees, strict=True):
+            ticket.tree, ticket.event, ticket.submitted = tree, event, time.perf_counter()
+            ticket.group.meter.tick()
+            self._verify_q.put(ticket)
 
-    def _verify(self, batch: list[_Draft]) -> None:
-        batch = [d for d in batch if not d.group.future.done()]
+    @staticmethod
+    def _draft_trees(batch: list[Ticket]) -> list[DraftTree]:
+        drafter = batch[0].group.spec.drafter
+        if isinstance(drafter, ModelDrafter):
+            shapes = [t.group.spec.drafter.shape for t in batch]
+            return drafter.draft_many([t.state for t in batch], shapes)
+        return [t.group.spec.drafter.draft(t.state) for t in batch]
+
+    def _verify(self, batch: list[Ticket], lane: lanes.Lane) -> None:
+        batch = [t for t in batch if self._live(t.group)]
         if not batch:
             return
         began = time.perf_counter()
-        for draft in batch:
-            draft.state.metrics.wait_seconds += began - draft.submitted
+        for ticket in batch:
+            ticket.state.metrics.wait_seconds += began - ticket.submitted
+            ticket.submitted = began
+            lane.receive(ticket.state, ticket.event)
         try:
-            verify(self.runtime, [(d.state, d.tree) for d in batch])
+            logits, seconds = self._target_forward(batch)
         except Exception as exc:
-            self._fail({d.group for d in batch}, exc)
+            if len(batch) == 1:
+                raise
+            log.warning("seed: a batched verification of %d failed (%s); verifying each "
+                        "alone", len(batch), exc)
+            for ticket in batch:
+                self._guarded([ticket.group], self._verify, [ticket], lane)
             return
-        finally:
-            self.busy_seconds += time.perf_counter() - began
-        for draft in batch:
-            draft.group.meter.sample()
-            if draft.state.done:
-                self._finish_sequence(draft.group)
-            else:
-                self._ready_q.put((draft.state, draft.group))
+        for ticket, rows in zip(batch, logits, strict=True):
+            # the batched forward is split evenly over its rows
+            self._guarded([ticket.group], self._commit, ticket, rows, seconds / len(batch), lane)
 
-    def _finish_sequence(self, group: _Group) -> None:
+    def _target_forward(self, batch: list[Ticket]) -> tuple[list[torch.Tensor], float]:
+        """Logits per ticket and the seconds the forward took (not counting the wait for
+        the target lock)."""
+        items = []
+        for ticket in batch:
+            assert ticket.tree is not None
+            items.append((ticket.state, ticket.tree))
+        with self.target_lock:
+            began = time.perf_counter()
+            try:
+                return target_logits(self.runtime, items), time.perf_counter() - began
+            finally:
+                self.busy_seconds += time.perf_counter() - began
+
+    def _commit(self, ticket: Ticket, logits: torch.Tensor, share: float,
+                lane: lanes.Lane) -> None:
+        assert ticket.tree is not None
+        state, group = ticket.state, ticket.group
+        settled = time.perf_counter()
+        settle(group.spec.runtime, state, ticket.tree, logits)
+        now = time.perf_counter()
+        state.metrics.verify_seconds += share + now - settled
+        self.busy_seconds += now - settled
+        group.meter.sample()
+        if state.done:
+            self._finish_sequence(group)
+            return
+        ticket.tree, ticket.event = None, lane.hand_over()
+        self._ready_q.put(ticket)
+
+    def _finish_sequence(self, group: SeedGroup) -> None:
         group.unfinished -= 1
         if group.unfinished:
             return
@@ -244,12 +350,11 @@ class SeedScheduler:
             self.name, [s.result() for s in group.states], wall, group.meter.result(),
             {"target_busy_seconds": busy, "target_busy_fraction": busy / wall if wall else 0.0},
         )
-        group.future.set_result(result)
-        self._open_groups.discard(group)
+        self._open_groups.discard(group)  # before its caller wakes up
+        resolve(group.future, result)
 
-    def _fail(self, groups: set[_Group], exc: Exception) -> None:
-        log.exception("seed: a group failed", exc_info=exc)
+    def _fail(self, groups: set[SeedGroup], exc: Exception) -> None:
+        log.error("seed: %d group(s) failed", len(groups), exc_info=exc)
         for group in groups:
-            if not group.future.done():
-                group.future.set_exception(exc)
             self._open_groups.discard(group)
+            reject(group.future, exc)

@@ -54,23 +54,38 @@ def commit(runtime: Runtime, state: SequenceState, tree: DraftTree, verdict: Ver
     state.target.length = base + len(verdict.accepted_nodes)
     if runtime.drafter is not None:
         runtime.drafter.accept(state, verdict)
-    state.metrics.accepted_tokens += len(verdict.accepted_nodes)
     state.metrics.target_forwards += 1
     new_tokens = tree.path_tokens(list(verdict.accepted_nodes)) + [verdict.next_token]
+    before = len(state.output_ids)
     runtime.stop_rule.commit(state, new_tokens)
+    # EOS, a stop string or max_new_tokens may cut the round: count the draft tokens kept
+    kept = len(state.output_ids) - before
+    state.metrics.accepted_tokens += min(len(verdict.accepted_nodes), kept)
+
+
+def target_logits(runtime: Runtime, items: list[tuple[SequenceState, DraftTree]]
+                  ) -> list[torch.Tensor]:
+    """ONE target forward over the drafts of one or more sequences: logits per sequence.
+    Several sequences change no state when it raises (their caches are only replaced after
+    the forward), so each can be verified again on its own."""
+    return forward_rows(runtime.target, [target_row(state, tree) for state, tree in items])
+
+
+def settle(runtime: Runtime, state: SequenceState, tree: DraftTree, logits: torch.Tensor
+           ) -> None:
+    """Accept or correct one sequence's draft from its verification logits and commit."""
+    commit(runtime, state, tree, decide(state, tree, logits, runtime.target.vocab_size))
 
 
 def verify(runtime: Runtime, items: list[tuple[SequenceState, DraftTree]]) -> None:
     """ONE target forward over the drafts of one or more sequences, then commit each."""
     began = time.perf_counter()
-    rows = [target_row(state, tree) for state, tree in items]
-    logits = forward_rows(runtime.target, rows)
+    logits = target_logits(runtime, items)
+    share = (time.perf_counter() - began) / len(items)  # the batched forward, split per row
     for (state, tree), row_logits in zip(items, logits, strict=True):
-        verdict = decide(state, tree, row_logits, runtime.target.vocab_size)
-        commit(runtime, state, tree, verdict)
-    elapsed = time.perf_counter() - began
-    for state, _ in items:
-        state.metrics.verify_seconds += elapsed
+        settled = time.perf_counter()
+        settle(runtime, state, tree, row_logits)
+        state.metrics.verify_seconds += share + time.perf_counter() - settled
 
 
 class SpeculativeEngine:
@@ -91,5 +106,6 @@ class SpeculativeEngine:
             state.started = time.perf_counter()
             while not state.done:
                 verify(self.runtime, [(state, self.drafter.draft(state))])
+                meter.tick()
             meter.sample()
         return group_result(self.name, [s.result() for s in states], started, meter)

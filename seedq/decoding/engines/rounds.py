@@ -1,0 +1,336 @@
+"""The round batcher: continuous batching of ``batch`` groups across every caller.
+
+One long-lived loop per loaded target (held by the :class:`~seedq.decoding.target.TargetHub`
+like the SeeD scheduler) decodes the groups of all concurrent callers (the trees of a
+worker's round) together. Groups are admitted first-come-first-served between forwards:
+their prompts are prefilled (:func:`prepare_group`, through the prefix cache, then one
+batched forward of the per-sequence suffixes) and their sequences join the round's rows
+(:class:`RoundBatch`). Each step is ONE target forward of one pending token for every live
+row of every group; each row then samples and commits its token with its own generator
+(:func:`commit_token`, shared with the per-group ``batch`` engine, so the tokens do not
+depend on who shared the forward); finished sequences leave at once, and a group's future
+resolves when its last sequence finishes.
+
+``SEEDQ_ROUND_TOKEN_BUDGET`` (default 64) bounds the tokens (= rows) of a forward: the head
+of the FCFS queue waits until its sequences fit (a group bigger than the budget runs alone).
+``SEEDQ_ROUND_KV_MB`` (0 = unlimited) bounds the round's estimated KV bytes the same way; a
+group over it alone fails (:mod:`~seedq.decoding.engines.round_budget`).
+
+Nothing a caller does stops the loop: a cancelled group is dropped at the next step,
+resolving a cancelled future is harmless, an error fails only the group at fault (a failed
+batched forward is retried one group at a time, a failed commit fails its own group).
+Every forward holds the hub's target lock, so no other engine runs on the target meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from seedq.decoding import kvcache
+from seedq.decoding.batching import RowInput, forward_rows
+from seedq.decoding.engines import lanes
+from seedq.decoding.engines.base import MemoryMeter, Runtime, prepare_group
+from seedq.decoding.engines.batch import commit_token
+from seedq.decoding.engines.round_batch import RoundBatch, RoundGroup, Row
+from seedq.decoding.engines.round_budget import KvBudget, KvStats
+from seedq.decoding.engines.seed_groups import reject, resolve
+from seedq.decoding.types import DecodingError, GroupRequest, GroupResult
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+DEFAULT_TOKEN_BUDGET = 64
+
+
+def token_budget() -> int:
+    """Tokens (rows) per target forward: ``SEEDQ_ROUND_TOKEN_BUDGET``, default 64."""
+    return max(1, int(os.environ.get("SEEDQ_ROUND_TOKEN_BUDGET", DEFAULT_TOKEN_BUDGET)))
+
+
+@dataclass
+class RoundStats(KvStats):
+    """What the loop did, for tests and benchmarks (KV peaks and waits: :class:`KvStats`)."""
+
+    forwards: int = 0
+    rows: int = 0  # rows over all forwards (rows / forwards = the mean batch)
+    mixed_forwards: int = 0  # forwards with rows of two or more groups
+    joined_mid_round: int = 0  # groups admitted while other groups' rows were live
+    left_mid_round: int = 0  # groups finished while other groups' rows stayed live
+    failed_batches: int = 0  # batched forwards retried group by group
+
+
+class RoundBatcher:
+    name = "batch"
+
+    def __init__(self, runtime: Runtime, target_lock: threading.Lock | None = None,
+                 budget: int | None = None, kv_budget: int | None = None) -> None:
+        self.runtime = runtime
+        self.budget = budget or token_budget()
+        self.kv = KvBudget(runtime.target, kv_budget)  # SEEDQ_ROUND_KV_MB
+        self.target_lock = target_lock or threading.Lock()
+        self.stats = RoundStats()
+        self.busy_seconds = 0.0
+        self._inbox: queue.Queue[object] = queue.Queue()
+        self._waiting: deque[RoundGroup] = deque()
+        self._batch = RoundBatch()
+        self._open: set[RoundGroup] = set()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._cores = torch.get_num_threads()
+
+    # -- public -------------------------------------------------------------------------
+    @property
+    def open_groups(self) -> int:
+        return len(self._open)
+
+    def submit(self, request: GroupRequest, runtime: Runtime | None = None
+               ) -> Future[GroupResult]:
+        runtime = runtime or self.runtime
+        if runtime.target is not self.runtime.target:
+            raise ValueError("a round group must use this batcher's target")
+        self._ensure_started()
+        group = RoundGroup(request, runtime, Future(), MemoryMeter(runtime.target.device))
+        self._open.add(group)
+        group.future.add_done_callback(lambda _: self._open.discard(group))
+        self._inbox.put(group)
+        return group.future
+
+    def run(self, request: GroupRequest, runtime: Runtime | None = None) -> GroupResult:
+        return self.submit(request, runtime).result()
+
+    def close(self) -> None:
+        with self._start_lock:
+            thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._inbox.put(_STOP)
+        thread.join()
+        closed = RuntimeError("the round batcher was closed before this group finished")
+        for group in list(self._open):
+            reject(group.future, closed)
+        self._open.clear()
+
+    # -- the loop -----------------------------------------------------------------------
+    def _ensure_started(self) -> None:
+        with self._start_lock:
+            if self._thread is not None:
+                return
+            ready = threading.Event()
+            self._thread = threading.Thread(target=self._main, args=(ready,),
+                                            name="round-batcher", daemon=True)
+            with lanes.keeping_default_threads():
+                self._thread.start()
+                ready.wait()
+
+    def _main(self, ready: threading.Event) -> None:
+        try:
+            lanes.claim_threads(self._cores)
+        finally:
+            ready.set()
+        with torch.inference_mode():
+            while self._take_arrivals():
+                self._guarded(self._batch.groups(), self._admit_waiting)
+                if self._batch.rows:
+                    self._guarded(self._batch.groups(), self._step)
+        self._batch = RoundBatch()
+        self._waiting.clear()
+
+    def _take_arrivals(self) -> bool:
+        """Move arrived groups to the FCFS queue; block only when there is nothing to do.
+        False once closed."""
+        idle = not self._batch.rows and not self._waiting
+        while True:
+            try:
+                item = self._inbox.get(block=idle)
+            except queue.Empty:
+                return True
+            if item is _STOP:
+                return False
+            assert isinstance(item, RoundGroup)
+            self._waiting.append(item)
+            idle = False
+
+    def _guarded(self, groups: list[RoundGroup], step: Callable[..., None], *args: Any
+                 ) -> None:
+        """Run one step; an error that escaped the per-group handling fails the groups in
+        the step and clears the round, and the loop goes on."""
+        try:
+            step(*args)
+        except Exception as exc:
+            log.error("round batcher: a step failed; failing %d group(s)", len(groups),
+                      exc_info=exc)
+            for group in groups:
+                reject(group.future, exc)
+            self._batch = RoundBatch()
+
+    # -- admission ----------------------------------------------------------------------
+    def _admit_waiting(self) -> None:
+        """Admit groups from the head of the queue while their sequences fit the budget."""
+        while self._waiting:
+            head = self._waiting[0]
+            if head.future.done():  # cancelled while it waited
+                self._waiting.popleft()
+                continue
+            live = len(self._batch.rows)
+            if live and live + len(head.request.prompts) > self.budget:
+                return
+            try:
+                fits = self.kv.check(self._batch, head)
+            except Exception as exc:  # over the KV budget alone (or its prompts fail)
+                self._waiting.popleft()
+                self.stats.kv_rejected += isinstance(exc, DecodingError)
+                reject(head.future, exc)
+                continue
+            if not fits:  # the live rows decode on (the loop does not block) until it fits
+                self.stats.kv_waits += 1
+                return
+            self._waiting.popleft()
+            if live:
+                self.stats.joined_mid_round += 1
+            try:
+                self._admit(head)
+            except Exception as exc:
+                log.error("round batcher: admitting a group failed", exc_info=exc)
+                reject(head.future, exc)
+
+    def _admit(self, group: RoundGroup) -> None:
+        """Prefill the group (prefix cache, then its suffixes in one forward), commit each
+        sequence's first token, and add the unfinished ones to the round."""
+        with self.target_lock:
+            began = time.perf_counter()
+            group.busy_at_start = self.busy_seconds
+            try:
+                group.states = prepare_group(group.runtime, group.request)
+                inputs = [RowInput(s.pending(s.target), s.target, need=1) for s in group.states]
+                logits = forward_rows(self.runtime.target, inputs)
+            finally:
+                elapsed = time.perf_counter() - began
+                self.busy_seconds += elapsed
+        rows, caches = [], []
+        for state, row_input, last in zip(group.states, inputs, logits, strict=True):
+            state.target.length += len(row_input.tokens)
+            state.metrics.target_forwards += 1
+            state.metrics.verify_seconds += elapsed / len(group.states)
+            token = commit_token(group.runtime, state, last[-1])
+            if not state.done:
+                rows.append(Row(state, group, token, state.target.length))
+                caches.append(state.target.cache)
+                state.target.cache = kvcache.new_cache()  # the round holds its KV now
+        group.unfinished = len(rows)
+        group.meter.sample()
+        if rows:
+            self._batch.join(rows, caches)
+            self.kv.observe(self._batch, self.stats)
+        else:
+            self._finish(group)
+
+    # -- decoding -----------------------------------------------------------------------
+    def _step(self) -> None:
+        """One forward of every live row, then each row commits its token."""
+        self._drop(lambda row: row.group.future.done())  # cancelled or failed groups
+        if not self._batch.rows:
+            return
+        groups = self._batch.groups()
+        with self.target_lock:
+            began = time.perf_counter()
+            try:
+                logits = self._forward(groups)
+            finally:
+                elapsed = time.perf_counter() - began
+                self.busy_seconds += elapsed
+        self._count(groups, elapsed)
+        self.kv.observe(self._batch, self.stats)
+        failed: set[RoundGroup] = set()
+        for row, row_logits in zip(self._batch.rows, logits, strict=True):
+            if row_logits is None or row.group in failed:
+                continue
+            try:
+                row.token = commit_token(row.group.runtime, row.state, row_logits)
+            except Exception as exc:
+                log.error("round batcher: committing a token failed", exc_info=exc)
+                failed.add(row.group)
+                reject(row.group.future, exc)
+                continue
+            row.position += 1
+            row.state.target.length += 1
+        self._leave()
+
+    def _forward(self, groups: list[RoundGroup]) -> list[torch.Tensor | None]:
+        """Logits per row; when the batched forward fails, each group is run alone and a
+        group whose forward fails again is failed (its rows get None)."""
+        try:
+            return list(self._batch.forward(self.runtime.target))
+        except Exception as exc:
+            if len(groups) == 1:
+                raise
+            log.warning("round batcher: a forward of %d groups failed (%s); running each "
+                        "group alone", len(groups), exc)
+        self.stats.failed_batches += 1
+        out: list[torch.Tensor | None] = [None] * len(self._batch.rows)
+        pieces = []
+        for group in groups:
+            indices = [i for i, row in enumerate(self._batch.rows) if row.group is group]
+            try:
+                logits, cache = self._batch.forward_subset(self.runtime.target, indices)
+            except Exception as exc:
+                log.error("round batcher: a group's forward failed", exc_info=exc)
+                reject(group.future, exc)
+                continue
+            pieces.append((indices, cache))
+            for i, row_logits in zip(indices, logits, strict=True):
+                out[i] = row_logits
+        self._batch.extend(pieces)
+        return out
+
+    def _count(self, groups: list[RoundGroup], seconds: float) -> None:
+        rows = self._batch.rows
+        self.stats.forwards += 1
+        self.stats.rows += len(rows)
+        if len(groups) > 1:
+            self.stats.mixed_forwards += 1
+            for group in groups:
+                group.mixed_forwards += 1
+        for row in rows:  # one forward, split evenly over its rows
+            row.state.metrics.target_forwards += 1
+            row.state.metrics.verify_seconds += seconds / len(rows)
+
+    def _leave(self) -> None:
+        """Finished sequences and failed groups leave; finished groups resolve."""
+        finished = [row for row in self._batch.rows
+                    if row.state.done and not row.group.future.done()]
+        self._drop(lambda row: row.state.done or row.group.future.done())
+        for row in finished:
+            row.group.unfinished -= 1
+            row.group.meter.tick()
+            if row.group.unfinished == 0:
+                if self._batch.rows:
+                    self.stats.left_mid_round += 1
+                self._finish(row.group)
+
+    def _drop(self, gone: Callable[[Row], bool]) -> None:
+        keep = [i for i, row in enumerate(self._batch.rows) if not gone(row)]
+        self._batch.keep(keep)
+
+    def _finish(self, group: RoundGroup) -> None:
+        wall = time.perf_counter() - group.started
+        busy = self.busy_seconds - group.busy_at_start
+        result = GroupResult(
+            self.name, [s.result() for s in group.states], wall, group.meter.result(),
+            {"target_busy_seconds": busy, "target_busy_fraction": busy / wall if wall else 0.0,
+             "round_mixed_forwards": float(group.mixed_forwards),
+             "round_peak_kv_bytes": float(group.peak_kv_bytes),
+             "round_peak_rows": float(group.peak_rows)},
+        )
+        self._open.discard(group)  # before its caller wakes up
+        resolve(group.future, result)

@@ -1,0 +1,254 @@
+"""The prefix cache: cached KV equals encoding from scratch, engines decode the same tokens
+with it on and off, LRU eviction by bytes, no shared prefix, threads, no aliasing."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from seedq.decoding import kvcache
+from seedq.decoding.config import EngineConfig
+from seedq.decoding.engines.base import encode_prefix, shared_prefix_length
+from seedq.decoding.factory import generator_from_models
+from seedq.decoding.loading import LoadedModel
+from seedq.decoding.prefix_cache import PrefixCache, PrefixCaches, limit_from_env
+from seedq.decoding.types import GroupRequest, GroupResult, SamplingParams
+
+FEW_SHOT = ("Question 1: she sold 12 apples each day and bought two more. how many eggs "
+            "does she have? answer: first we add 12 + 2 = 14. Question 2: ")
+PARENT = FEW_SHOT + "he has four red blocks on the table. how many blocks"
+CHILD = PARENT + " are clear? step one: pick up the red block"
+UNRELATED = "the blue block is on top of the orange block"
+
+
+def ids(target: LoadedModel, text: str) -> list[int]:
+    return target.tokenizer.encode(text)
+
+
+def full_cache(target: LoadedModel, tokens: list[int]) -> tuple[DynamicCache, torch.Tensor]:
+    """No prefix cache: every token encoded in one forward; logits of every position."""
+    cache = kvcache.new_cache()
+    logits = target.model.forward_chain(tokens, cache)
+    return cache, logits
+
+
+def layer_tensors(cache: DynamicCache) -> list[torch.Tensor]:
+    return [t for layer in cache.layers for t in (layer.keys, layer.values)]
+
+
+def assert_same_kv(a: DynamicCache, b: DynamicCache, length: int, exact: bool = False) -> None:
+    for x, y in zip(layer_tensors(a), layer_tensors(b), strict=True):
+        assert x.shape[-2] >= length and y.shape[-2] >= length
+        if exact:
+            assert torch.equal(x[..., :length, :], y[..., :length, :])
+        else:
+            torch.testing.assert_close(x[..., :length, :], y[..., :length, :],
+                                       rtol=1e-5, atol=1e-5)
+
+
+def test_cached_logits_equal_uncached(target: LoadedModel) -> None:
+    parent, child = ids(target, PARENT), ids(target, CHILD)
+    assert child[: len(parent) - 1] == parent[: len(parent) - 1]
+    prefix = PrefixCache(64 * 2**20)
+    _, reused = encode_prefix(target.model, parent[:-1], prefix)
+    assert reused == 0
+    cache, reused = encode_prefix(target.model, child[:-1], prefix)
+    assert 0 < reused < len(child) - 1
+    assert kvcache.cache_length(cache) == len(child) - 1
+    logits = target.model.forward_chain(child[-1:], cache)  # the caller's first forward
+    reference_cache, reference = full_cache(target, child)
+    torch.testing.assert_close(logits[-1], reference[-1], rtol=1e-5, atol=1e-5)
+    assert_same_kv(cache, reference_cache, len(child))
+    # a third lookup finds the whole child prefix: nothing left to encode
+    again, reused = encode_prefix(target.model, child[:-1], prefix)
+    assert reused == len(child) - 1
+    assert_same_kv(again, reference_cache, len(child) - 1)
+
+
+def test_prompt_sharing_nothing(target: LoadedModel) -> None:
+    prefix = PrefixCache(64 * 2**20)
+    encode_prefix(target.model, ids(target, PARENT), prefix)
+    other = ids(target, UNRELATED)
+    assert other[0] != ids(target, PARENT)[0]
+    length, cache = prefix.match(other)
+    assert length == 0 and kvcache.cache_length(cache) == 0
+    cache, reused = encode_prefix(target.model, other[:-1], prefix)
+    logits = target.model.forward_chain(other[-1:], cache)
+    _, reference = full_cache(target, other)
+    assert reused == 0
+    torch.testing.assert_close(logits[-1], reference[-1], rtol=1e-5, atol=1e-5)
+    assert prefix.stats().nodes == 2  # two disjoint entries under the root
+
+
+def test_radix_shares_prefixes_and_counts_bytes(target: LoadedModel) -> None:
+    parent, child = ids(target, PARENT), ids(target, CHILD)
+    cache, _ = full_cache(target, child)
+    prefix = PrefixCache(64 * 2**20)
+    prefix.insert(parent[:-1], cache)
+    prefix.insert(child[:-1], cache)  # shares parent[:-1]: only the rest is stored
+    per_token = kvcache.cache_bytes(cache) // len(child)
+    stats = prefix.stats()
+    assert stats.bytes == per_token * (len(child) - 1)
+    # an entry diverging inside an edge splits it: still one copy of the common part
+    sibling = parent[:-3] + [t for t in ids(target, UNRELATED)[:4]]
+    sibling_cache, _ = full_cache(target, sibling)
+    prefix.insert(sibling, sibling_cache)
+    assert prefix.stats().bytes == per_token * (len(child) - 1 + 4)
+    assert prefix.stats().nodes == 4  # common part, parent's tail, child's tail, sibling's
+    for tokens in (parent[:-1], child[:-1], sibling):
+        length, copy = prefix.match(tokens)
+        assert length == len(tokens)
+        reference = cache if tokens is not sibling else sibling_cache
+        assert_same_kv(copy, reference, length, exact=True)
+
+
+def test_lru_eviction_under_a_tiny_limit(target: LoadedModel) -> None:
+    texts = ["red blocks on the table", "she sold eggs", "how many apples", "7 + 5 = 12"]
+    entries = [ids(target, t) for t in texts]
+    assert len({e[0] for e in entries}) == len(entries)  # disjoint: one node each
+    caches = [full_cache(target, e)[0] for e in entries]
+    sizes = [kvcache.cache_bytes(c) for c in caches]
+    prefix = PrefixCache(sizes[0] + sizes[1] + sizes[2] // 2)  # room for two entries
+    prefix.insert(entries[0], caches[0])
+    prefix.insert(entries[1], caches[1])
+    assert prefix.stats().bytes == sizes[0] + sizes[1]
+    assert prefix.match(entries[0])[0] == len(entries[0])  # 0 is now more recent than 1
+    prefix.insert(entries[2], caches[2])  # over the limit: the least recently used (1) goes
+    assert [prefix.match(e)[0] for e in entries[:3]] == [len(entries[0]), 0, len(entries[2])]
+    assert prefix.stats().bytes == sizes[0] + sizes[2] <= prefix.limit_bytes
+    assert prefix.stats().evictions == 1
+    prefix.insert(entries[3], caches[3])  # now 0 is the oldest (2 was matched after it)
+    assert [prefix.match(e)[0] > 0 for e in entries] == [False, False, True, True]
+    huge = PrefixCache(sizes[0] // 2)  # an entry larger than the limit is not stored
+    huge.insert(entries[0], caches[0])
+    assert huge.stats().bytes == 0 and huge.match(entries[0])[0] == 0
+
+
+def test_eviction_keeps_the_shared_beginning(target: LoadedModel) -> None:
+    """Leaves go first: evicting a child's tail keeps the parent's prefix usable."""
+    parent, child = ids(target, PARENT), ids(target, CHILD)
+    cache, _ = full_cache(target, child)
+    per_token = kvcache.cache_bytes(cache) // len(child)
+    prefix = PrefixCache(per_token * (len(parent) + 2))
+    prefix.insert(parent[:-1], cache)
+    prefix.insert(child[:-1], cache)  # too much: the child's tail (the newest leaf) goes
+    assert prefix.match(child[:-1])[0] == len(parent) - 1
+    assert prefix.stats().bytes == per_token * (len(parent) - 1)
+
+
+def test_callers_cannot_mutate_cached_entries(target: LoadedModel) -> None:
+    parent = ids(target, PARENT)
+    prefix = PrefixCache(64 * 2**20)
+    encode_prefix(target.model, parent[:-1], prefix)
+    _, first = prefix.match(parent[:-1])
+    snapshot = [t.clone() for t in layer_tensors(first)]
+    with torch.inference_mode():
+        for tensor in layer_tensors(first):
+            tensor.mul_(0.0)  # scribble on the copy in place
+    target.model.forward_chain(parent[-1:], first)  # and extend it, as an engine does
+    _, second = prefix.match(parent[:-1])
+    for got, expected in zip(layer_tensors(second), snapshot, strict=True):
+        assert torch.equal(got, expected)
+
+
+def _hammer(prefix: PrefixCache, base: list[int], prompts: list[list[int]],
+            references: list[DynamicCache], threads: int = 4) -> list[str]:
+    """Threads inserting and matching overlapping prompts; returns what went wrong."""
+    errors: list[str] = []
+
+    def work(offset: int) -> None:
+        for step in range(60):
+            k = (offset + step) % len(prompts)
+            cut = len(base) - 4 + step % 9  # cuts inside and past the shared part
+            prefix.insert(prompts[k][:cut], references[k])
+            length, copy = prefix.match(prompts[k])
+            for x, y in zip(layer_tensors(copy), layer_tensors(references[k]), strict=False):
+                if x.shape[-2] != length or not torch.equal(x, y[..., :length, :]):
+                    errors.append(f"thread {offset} step {step}: wrong KV")
+                    return
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    nodes = prefix._iter_nodes()
+    stats = prefix.stats()
+    if stats.nodes != len(nodes) or stats.bytes != sum(n.nbytes for n in nodes):
+        errors.append(f"accounting: {stats} vs {len(nodes)} nodes")
+    if stats.bytes > prefix.limit_bytes:
+        errors.append(f"{stats.bytes} bytes over the limit {prefix.limit_bytes}")
+    return errors
+
+
+def test_concurrent_use_from_threads(target: LoadedModel) -> None:
+    base = ids(target, FEW_SHOT)
+    prompts = [base + ids(target, f" {w} blocks are on the table")[:6]
+               for w in ("red", "two", "she", "how", "the", "a")]
+    references = [full_cache(target, p)[0] for p in prompts]
+    per_token = kvcache.cache_bytes(references[0]) // len(prompts[0])
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, so that races show up
+    try:
+        for _ in range(4):  # without the lock, each round fails more often than not
+            prefix = PrefixCache(per_token * (len(base) + 12))  # constant eviction, splits
+            assert _hammer(prefix, base, prompts, references) == []
+    finally:
+        sys.setswitchinterval(interval)
+
+
+def test_limit_setting() -> None:
+    assert limit_from_env({}) == 512 * 2**20
+    assert limit_from_env({"SEEDQ_PREFIX_CACHE_MB": "0"}) == 0
+    assert limit_from_env({"SEEDQ_PREFIX_CACHE_MB": "1.5"}) == 3 * 2**19
+    for bad in ("-1", "lots"):
+        with pytest.raises(ValueError, match="SEEDQ_PREFIX_CACHE_MB"):
+            limit_from_env({"SEEDQ_PREFIX_CACHE_MB": bad})
+    disabled = PrefixCache(0)
+    disabled.insert([1, 2, 3], DynamicCache())
+    assert disabled.match([1, 2, 3])[0] == 0 and not disabled.enabled
+
+
+GROUPS = (
+    (PARENT, PARENT, PARENT),  # N samples of one prompt
+    (CHILD, CHILD + " then", PARENT + " are on the table"),  # children of that node
+    (UNRELATED, UNRELATED + " and"),  # shares nothing with the others
+    (CHILD,),  # finds the part group 2 shared (its prompts' common prefix)
+    (CHILD,),  # finds all of it but the last token, which the first forward feeds
+)
+
+
+def _tree_of_groups(config: EngineConfig, target: LoadedModel, draft: LoadedModel | None,
+                    limit: int) -> tuple[list[GroupResult], PrefixCaches]:
+    caches = PrefixCaches.with_limit(limit)
+    generator = generator_from_models(config, target, draft, caches)
+    params = SamplingParams(max_new_tokens=10)
+    try:
+        return [generator.run(GroupRequest(g, params)) for g in GROUPS], caches
+    finally:
+        generator.close()
+
+
+@pytest.mark.parametrize("engine", ["ar", "sd", "seed"])
+def test_engines_identical_with_cache_on_and_off(engine: str, target: LoadedModel,
+                                                 close_draft: LoadedModel) -> None:
+    config = EngineConfig(engine=engine, target="tiny",
+                          draft=None if engine == "ar" else "tiny-draft")
+    draft = None if engine == "ar" else close_draft
+    off, _ = _tree_of_groups(config, target, draft, 0)
+    on, caches = _tree_of_groups(config, target, draft, 64 * 2**20)
+    for a, b in zip(off, on, strict=True):
+        assert [s.token_ids for s in a.sequences] == [s.token_ids for s in b.sequences]
+    reused = [[s.metrics.reused_prompt_tokens for s in r.sequences] for r in on]
+    assert all(s.metrics.reused_prompt_tokens == 0 for r in off for s in r.sequences)
+    assert reused[0] == [0, 0, 0] and min(reused[1]) > 0 and reused[2] == [0, 0]
+    group2 = [target.tokenizer.encode(p) for p in GROUPS[1]]
+    assert reused[3] == [shared_prefix_length(group2)]
+    assert reused[4] == [len(ids(target, CHILD)) - 1]
+    assert on[4].sequences[0].metrics.prompt_tokens == len(ids(target, CHILD))
+    if draft is not None:
+        assert caches.draft.stats().reused_tokens == caches.target.stats().reused_tokens > 0
