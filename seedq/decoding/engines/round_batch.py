@@ -11,33 +11,24 @@ join). No cache is stacked or split per forward.
 
 from __future__ import annotations
 
-import time
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache
 
 from seedq.decoding import kvcache
-from seedq.decoding.engines.base import MemoryMeter, Runtime
+from seedq.decoding.engines.base import Runtime
 from seedq.decoding.engines.batch import attention_mask
+from seedq.decoding.engines.seed_groups import OpenGroup
 from seedq.decoding.models import LanguageModel
 from seedq.decoding.sequence import SequenceState
-from seedq.decoding.types import GroupRequest, GroupResult
 
 
-@dataclass(eq=False)
-class RoundGroup:
+@dataclass(eq=False, kw_only=True)
+class RoundGroup(OpenGroup):
     """One caller's group between steps of the round loop."""
 
-    request: GroupRequest
     runtime: Runtime
-    future: Future[GroupResult]
-    meter: MemoryMeter
-    started: float = field(default_factory=time.perf_counter)
-    busy_at_start: float = 0.0
-    states: list[SequenceState] = field(default_factory=list)
-    unfinished: int = 0
     mixed_forwards: int = 0  # forwards this group shared with rows of other groups
     kv_spans: list[int] | None = None  # per sequence: prompt + max_new_tokens (KV budget)
     peak_kv_bytes: int = 0  # the round cache's bytes and rows seen while the group was in it

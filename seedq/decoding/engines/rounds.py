@@ -100,7 +100,8 @@ class RoundBatcher:
         if runtime.target is not self.runtime.target:
             raise ValueError("a round group must use this batcher's target")
         self._ensure_started()
-        group = RoundGroup(request, runtime, Future(), MemoryMeter(runtime.target.device))
+        group = RoundGroup(request=request, runtime=runtime, future=Future(),
+                           meter=MemoryMeter(runtime.target.device))
         self._open.add(group)
         group.future.add_done_callback(lambda _: self._open.discard(group))
         self._inbox.put(group)
@@ -323,14 +324,11 @@ class RoundBatcher:
         self._batch.keep(keep)
 
     def _finish(self, group: RoundGroup) -> None:
-        wall = time.perf_counter() - group.started
-        busy = self.busy_seconds - group.busy_at_start
-        result = GroupResult(
-            self.name, [s.result() for s in group.states], wall, group.meter.result(),
-            {"target_busy_seconds": busy, "target_busy_fraction": busy / wall if wall else 0.0,
-             "round_mixed_forwards": float(group.mixed_forwards),
-             "round_peak_kv_bytes": float(group.peak_kv_bytes),
-             "round_peak_rows": float(group.peak_rows)},
+        result = group.result(
+            self.name, self.busy_seconds,
+            round_mixed_forwards=float(group.mixed_forwards),
+            round_peak_kv_bytes=float(group.peak_kv_bytes),
+            round_peak_rows=float(group.peak_rows),
         )
         self._open.discard(group)  # before its caller wakes up
         resolve(group.future, result)

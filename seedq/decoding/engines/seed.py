@@ -99,7 +99,8 @@ class SeedScheduler:
         if spec.runtime.target is not self.runtime.target or spec.runtime.drafter is None:
             raise ValueError("a seed group needs a drafter over this scheduler's target")
         self._ensure_started(spec.draft_threads)
-        group = SeedGroup(request, spec, Future(), MemoryMeter(self.runtime.target.device))
+        group = SeedGroup(request=request, spec=spec, future=Future(),
+                          meter=MemoryMeter(self.runtime.target.device))
         group.busy_at_start = self.busy_seconds
         self._open_groups.add(group)
         group.future.add_done_callback(lambda _: self._open_groups.discard(group))
@@ -344,12 +345,7 @@ class SeedScheduler:
         group.unfinished -= 1
         if group.unfinished:
             return
-        wall = time.perf_counter() - group.started
-        busy = self.busy_seconds - group.busy_at_start
-        result = GroupResult(
-            self.name, [s.result() for s in group.states], wall, group.meter.result(),
-            {"target_busy_seconds": busy, "target_busy_fraction": busy / wall if wall else 0.0},
-        )
+        result = group.result(self.name, self.busy_seconds)
         self._open_groups.discard(group)  # before its caller wakes up
         resolve(group.future, result)
 

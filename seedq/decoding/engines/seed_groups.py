@@ -38,16 +38,31 @@ class GroupSpec:
         return self.runtime.drafter
 
 
-@dataclass(eq=False)
-class SeedGroup:
+@dataclass(eq=False, kw_only=True)
+class OpenGroup:
+    """A caller's group inside a long-lived scheduler (the SeeD scheduler, the round
+    batcher): its future, its sequences, and the target's busy seconds when it arrived."""
+
     request: GroupRequest
-    spec: GroupSpec
     future: Future[GroupResult]
     meter: MemoryMeter
     started: float = field(default_factory=time.perf_counter)
     busy_at_start: float = 0.0
     states: list[SequenceState] = field(default_factory=list)
     unfinished: int = 0
+
+    def result(self, engine: str, busy_seconds: float, **extra: float) -> GroupResult:
+        """The finished group's result; ``busy_seconds`` is the scheduler's running total."""
+        wall = time.perf_counter() - self.started
+        busy = busy_seconds - self.busy_at_start
+        stats = {"target_busy_seconds": busy, "target_busy_fraction": busy / wall if wall else 0.0}
+        return GroupResult(engine, [s.result() for s in self.states], wall,
+                           self.meter.result(), {**stats, **extra})
+
+
+@dataclass(eq=False, kw_only=True)
+class SeedGroup(OpenGroup):
+    spec: GroupSpec
 
 
 @dataclass(eq=False)
