@@ -161,8 +161,10 @@ def test_cancel_a_running_batch(services: Services, tmp_path: Path) -> None:
     worker = TreeWorker(services, lambda: gen, install_signals=False, round_size=2)
     thread = threading.Thread(target=worker.work, kwargs={"burst": True}, daemon=True)
     thread.start()
-    wait_until(lambda: scalar(services, "SELECT COUNT(*) FROM nodes") > 0)
-    assert len(worker.running) == 2
+    # both round slots busy and a tree under way (the second claim may land after the first
+    # node under load: wait for it rather than racing it; a worker that never runs 2 fails)
+    wait_until(lambda: len(worker.running) == 2
+               and scalar(services, "SELECT COUNT(*) FROM nodes") > 0)
     assert control.cancel_batch(services, batch) == 6
     thread.join(15)
     assert not thread.is_alive()
