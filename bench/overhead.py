@@ -1,4 +1,5 @@
-"""Per-forward overhead of the round batcher's decode forward against a plain HF forward.
+"""Per-forward overhead of the round batcher's decode forward against a plain HF forward,
+and the slot KV cache's decode forward against both.
 
 For each row count, ``rows`` sequences with ``--kv`` positions already in the cache feed one
 token each:
@@ -6,16 +7,25 @@ token each:
 - ``round``: ``RoundBatch.forward`` as the batcher calls it (the round's left-padded
   ``DynamicCache``, its ``[rows, width]`` padding mask turned into a 4D boolean then additive
   mask, explicit position ids, ``logits_to_keep=1``, logits cut to the vocab, float, CPU);
-- ``hf``: ``model(input_ids, attention_mask=[rows, kv+1] ones, past_key_values=DynamicCache)``
-  on the same KV tensors (the plain HF batched decode forward).
+- ``hf``: ``model(input_ids, attention_mask=[rows, kv+1] ones, cache=DynamicCache)``
+  on the same KV tensors (the plain HF batched decode forward);
+- ``slot``: ``LanguageModel.forward`` on a ``SlotCache`` (``seedq/decoding/slot_cache.py``)
+  holding the same rows (``prepare`` builds the ``[rows, 1, 1, width]`` mask and position
+  ids, timed too; ``logits_to_keep=1``): keys/values are written in place, no KV copy;
+- ``slot_round``: ``SlotRoundBatch.forward`` (``seedq/decoding/engines/round_slots.py``), the
+  round batcher's storage on a slot cache (``SEEDQ_ROUND_KV=slots``) as the batcher calls it:
+  the ``slot`` forward plus the round's bookkeeping (feeds, position check, capacity check,
+  logits per row, float, CPU).
 
-Both start every forward from the same cache length (the new column is cropped off outside
-the timed region). The rows share one prompt (equal lengths, no padding: the HF baseline needs
-no padding either). Repetitions are interleaved (round, hf, round, hf, ...) per row count;
-each repetition times ``--forwards`` forwards (``--tiny-forwards`` for the tiny model) and
-keeps the mean; medians (min-max) over repetitions. Overhead = round median / hf median - 1.
-Also timed (``kv_cat_ms``): the per-forward KV copy both paths pay (``DynamicCache``
-concatenates every layer's K and V with the new column), what a slot/static cache removes.
+All start every forward from the same cache length (the new column is cropped off outside
+the timed region; the slot caches simply commit nothing). The rows share one prompt (equal
+lengths, no padding: the HF baseline needs no padding either). Repetitions are interleaved
+(round, hf, slot, slot_round, round, hf, ...) per row count; each repetition times ``--forwards``
+forwards (``--tiny-forwards`` for the tiny model) and keeps the mean; medians (min-max) over
+repetitions. Overhead = round median / hf median - 1; slot vs HF = slot median / hf median
+- 1 (likewise slot_round vs HF). Also timed (``kv_cat_ms``): the per-forward KV copy the
+round and HF paths pay (``DynamicCache`` concatenates every layer's K and V with the new
+column), what the slot cache removes.
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/overhead.py --models tiny,smollm2
 """
@@ -39,8 +49,10 @@ sys.path.insert(0, str(ROOT))
 
 from seedq.decoding import kvcache  # noqa: E402
 from seedq.decoding.engines.round_batch import RoundBatch, Row, _layers  # noqa: E402
+from seedq.decoding.engines.round_slots import SlotRoundBatch  # noqa: E402
 from seedq.decoding.loading import LoadedModel, load, wrap  # noqa: E402
 from seedq.decoding.models import LanguageModel  # noqa: E402
+from seedq.decoding.slot_cache import SlotCache  # noqa: E402
 from seedq.decoding.tiny import tiny_model, tiny_tokenizer  # noqa: E402
 
 
@@ -90,7 +102,7 @@ def time_hf(model: LanguageModel, batch: RoundBatch, token: int, forwards: int) 
     with torch.inference_mode():
         for _ in range(forwards):
             began = time.perf_counter()
-            out = model.model(input_ids=ids, attention_mask=mask, past_key_values=cache,
+            out = model.model(input_ids=ids, attention_mask=mask, cache=cache,
                               use_cache=True)
             total += time.perf_counter() - began
             kvcache.crop(cache, width)
@@ -99,6 +111,54 @@ def time_hf(model: LanguageModel, batch: RoundBatch, token: int, forwards: int) 
 
 
 last_hf_logits: list[torch.Tensor] = []
+
+
+def slot_cache(model: LanguageModel, cache: DynamicCache, kv: int, rows: int) -> SlotCache:
+    """``rows`` copies of the prefilled row in a slot cache with room for 64 more tokens."""
+    slots = SlotCache(model.model.config, rows, kv + 64, model.dtype, model.device)
+    for _ in range(rows):
+        slots.load(slots.allocate(), cache)
+    return slots
+
+
+def time_slot(model: LanguageModel, slots: SlotCache, token: int, forwards: int) -> float:
+    """Decode forwards of one token per row; nothing is committed, so every forward starts
+    from the same lengths (and overwrites the same column)."""
+    ids = torch.full((slots.active, 1), token, dtype=torch.long)
+    total = 0.0
+    for _ in range(forwards):
+        began = time.perf_counter()
+        step = slots.prepare([1] * slots.active)
+        logits = model.forward(ids, slots, step.attention_mask,  # type: ignore[arg-type]
+                               step.position_ids, keep=1)
+        total += time.perf_counter() - began
+    last_slot_logits[:] = [logits[:, -1].cpu()]
+    return total / forwards
+
+
+last_slot_logits: list[torch.Tensor] = []
+
+
+def slot_round(cache: DynamicCache, token: int, kv: int, rows: int) -> SlotRoundBatch:
+    batch = SlotRoundBatch()
+    members: list[Any] = [Row(None, None, token, kv) for _ in range(rows)]  # type: ignore[arg-type]
+    batch.join(members, [cache] * rows)  # join copies them into its slots
+    return batch
+
+
+def time_slot_round(model: LanguageModel, batch: SlotRoundBatch, forwards: int) -> float:
+    """``SlotRoundBatch.forward``; nothing is settled, so every forward starts from the same
+    lengths."""
+    total = 0.0
+    for _ in range(forwards):
+        began = time.perf_counter()
+        out = batch.forward(model)
+        total += time.perf_counter() - began
+    last_slot_round_logits[:] = [torch.cat([row[-1:] for row in out])]
+    return total / forwards
+
+
+last_slot_round_logits: list[torch.Tensor] = []
 
 
 def time_cat(batch: RoundBatch, forwards: int) -> float:
@@ -118,15 +178,22 @@ def time_cat(batch: RoundBatch, forwards: int) -> float:
     return total / forwards
 
 
-def same_logits(model: LanguageModel, batch: RoundBatch, token: int) -> float:
-    """Max |round - hf| logit difference of one forward (the two paths agree)."""
+def same_logits(model: LanguageModel, batch: RoundBatch, slots: SlotCache,
+                slot_batch: SlotRoundBatch, token: int) -> tuple[float, float, float]:
+    """Max |round - hf|, |slot - hf| and |slot_round - hf| logit differences of one forward
+    (the paths agree)."""
     mask, width = batch.mask, batch.width
-    logits = batch.forward(model)
+    out: Any = batch.forward(model)
+    logits = torch.cat([row[-1:] for row in out]) if isinstance(out, list) else out
     assert batch.cache is not None
     kvcache.crop(batch.cache, width)
     batch.mask = mask
     time_hf(model, batch, token, 1)
-    return float((logits - last_hf_logits[0]).abs().max())
+    time_slot(model, slots, token, 1)
+    time_slot_round(model, slot_batch, 1)
+    hf = last_hf_logits[0]
+    return (float((logits - hf).abs().max()), float((last_slot_logits[0] - hf).abs().max()),
+            float((last_slot_round_logits[0] - hf).abs().max()))
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -140,24 +207,41 @@ def bench_model(name: str, rows_list: list[int], kv: int, reps: int, forwards: i
     out = []
     for rows in rows_list:
         batch = round_batch(cache, token, kv, rows)
-        diff = same_logits(model, batch, token)  # also warms both paths up
-        times: dict[str, list[float]] = {"round": [], "hf": [], "cat": []}
+        slots = slot_cache(model, cache, kv, rows)
+        slot_batch = slot_round(cache, token, kv, rows)
+        diff, slot_diff, slot_round_diff = same_logits(  # also warms all paths up
+            model, batch, slots, slot_batch, token)
+        times: dict[str, list[float]] = {"round": [], "hf": [], "slot": [], "slot_round": [],
+                                         "cat": []}
         for _ in range(reps):
             times["round"].append(time_round(model, batch, forwards))
             times["hf"].append(time_hf(model, batch, token, forwards))
+            times["slot"].append(time_slot(model, slots, token, forwards))
+            times["slot_round"].append(time_slot_round(model, slot_batch, forwards))
             times["cat"].append(time_cat(batch, forwards))
         round_ms = summary([t * 1e3 for t in times["round"]])
         hf_ms = summary([t * 1e3 for t in times["hf"]])
+        slot_ms = summary([t * 1e3 for t in times["slot"]])
+        slot_round_ms = summary([t * 1e3 for t in times["slot_round"]])
         cat_ms = summary([t * 1e3 for t in times["cat"]])
         overhead = round_ms["median"] / hf_ms["median"] - 1
+        slot_vs_hf = slot_ms["median"] / hf_ms["median"] - 1
+        slot_round_vs_hf = slot_round_ms["median"] / hf_ms["median"] - 1
         entry: dict[str, Any] = {
                  "model": name, "rows": rows, "kv": kv, "round_ms": round_ms, "hf_ms": hf_ms,
-                 "kv_cat_ms": cat_ms, "overhead": overhead,
+                 "slot_ms": slot_ms, "slot_round_ms": slot_round_ms, "kv_cat_ms": cat_ms,
+                 "overhead": overhead, "slot_vs_hf": slot_vs_hf,
+                 "slot_round_vs_hf": slot_round_vs_hf,
                  "round_raw_s": times["round"], "hf_raw_s": times["hf"],
+                 "slot_raw_s": times["slot"], "slot_round_raw_s": times["slot_round"],
                  "kv_cat_raw_s": times["cat"],
-                 "max_abs_logit_diff": diff}
+                 "max_abs_logit_diff": diff, "slot_max_abs_logit_diff": slot_diff,
+                 "slot_round_max_abs_logit_diff": slot_round_diff}
         print(f"{name:8} rows {rows:2}: round {round_ms['median']:8.3f} ms  "
-              f"hf {hf_ms['median']:8.3f} ms  overhead {overhead:+.1%}  "
+              f"hf {hf_ms['median']:8.3f} ms  slot {slot_ms['median']:8.3f} ms  "
+              f"slot_round {slot_round_ms['median']:8.3f} ms  "
+              f"overhead {overhead:+.1%}  slot vs hf {slot_vs_hf:+.1%}  "
+              f"slot_round vs hf {slot_round_vs_hf:+.1%}  "
               f"KV cat {cat_ms['median']:8.3f} ms",
               flush=True)
         out.append(entry)
@@ -184,15 +268,20 @@ def main() -> None:
             "machine": platform.machine(), "reps": args.reps, "forwards": args.forwards,
             "tiny_forwards": args.tiny_forwards, "kv": args.kv}
     Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
-    print("| model | rows | round ms median (min-max) | HF ms median (min-max) | overhead "
-          "| KV cat ms (share of HF) |")
-    print("|---|---|---|---|---|---|")
+    print("| model | rows | round ms median (min-max) | HF ms median (min-max) "
+          "| slot ms median (min-max) | slot_round ms median (min-max) | round overhead "
+          "| slot vs HF | slot_round vs HF | KV cat ms (share of HF) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        rm, hm = r["round_ms"], r["hf_ms"]
-        print(f"| {r['model']} | {r['rows']} | {rm['median']:.3f} ({rm['min']:.3f}-"
-              f"{rm['max']:.3f}) | {hm['median']:.3f} ({hm['min']:.3f}-{hm['max']:.3f}) | "
-              f"{r['overhead']:+.1%} | {r['kv_cat_ms']['median']:.3f} "
-              f"({r['kv_cat_ms']['median'] / hm['median']:.0%}) |")
+        rm, hm, sm, srm = r["round_ms"], r["hf_ms"], r["slot_ms"], r["slot_round_ms"]
+        print(f"| {r['model']} | {r['rows']} | {spread(rm)} | {spread(hm)} | {spread(sm)} | "
+              f"{spread(srm)} | {r['overhead']:+.1%} | {r['slot_vs_hf']:+.1%} | "
+              f"{r['slot_round_vs_hf']:+.1%} | "
+              f"{r['kv_cat_ms']['median']:.3f} ({r['kv_cat_ms']['median'] / hm['median']:.0%}) |")
+
+
+def spread(ms: dict[str, float]) -> str:
+    return f"{ms['median']:.3f} ({ms['min']:.3f}-{ms['max']:.3f})"
 
 
 if __name__ == "__main__":

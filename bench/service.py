@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from seedq.decoding.factory import LocalGenerator, load_generator  # noqa: E402
 from seedq.decoding.prefix_cache import PrefixCaches  # noqa: E402
+from seedq.decoding.registry import SPECULATIVE  # noqa: E402
 from seedq.reasoning.params import SearchParams  # noqa: E402
 from seedq.service import oneshot  # noqa: E402
 from seedq.settings import Settings  # noqa: E402
@@ -50,8 +51,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--target", default="smollm2")
     p.add_argument("--draft", default="smollm2-int8")
     p.add_argument("--engines", default="ar,batch,batch-group,seed",
-                   help="ar, batch, batch-group (per-group batch), sd, mcsd, seed")
+                   help="ar, batch, batch-group (per-group batch), auto, sd, mcsd, seed")
     p.add_argument("--round-sizes", default="1,6,12")
+    p.add_argument("--configs", default="",
+                   help="engine:round_size pairs instead of engines x round sizes, "
+                        "e.g. ar:1,batch:6,auto:6")
     p.add_argument("--lines", type=int, default=6, help="GSM8K lines per run")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--data", type=Path, default=DATA if DATA.is_file() else SAMPLES)
@@ -69,7 +73,7 @@ def load_engine(args: argparse.Namespace, name: str) -> LocalGenerator:
     engine = "batch" if name == "batch-group" else name
     settings = Settings.from_env().with_overrides(
         engine=engine, target_model=args.target,
-        draft_model=args.draft if engine in ("sd", "mcsd", "seed") else None,
+        draft_model=args.draft if engine in SPECULATIVE else None,  # auto: prompt lookup
     )
     previous = os.environ.get("SEEDQ_ROUND_BATCHER")
     os.environ["SEEDQ_ROUND_BATCHER"] = "0" if name == "batch-group" else "1"
@@ -97,9 +101,11 @@ def run_once(args: argparse.Namespace, generator: LocalGenerator, round_size: in
     plan = oneshot.RunPlan(settings, args.data, "gsm8k", defaults, args.lines,
                            round_size=round_size)
     generator.runtime.prefix = PrefixCaches.from_env()  # every run starts cold
+    before = round_counters(generator)
     began = time.perf_counter()
     outcome = oneshot.run_file(plan, lambda: generator)
     seconds = time.perf_counter() - began
+    counters = {k: v - before[k] for k, v in round_counters(generator).items()}
     prompt = reused = 0
     for record in outcome.results:
         total = (record.get("metrics") or {}).get("total") or {}
@@ -108,7 +114,14 @@ def run_once(args: argparse.Namespace, generator: LocalGenerator, round_size: in
     trees = len(outcome.results)
     return {"trees": trees, "errors": len(outcome.errors), "seconds": seconds,
             "trees_per_min": 60.0 * trees / seconds if seconds else 0.0,
-            "prefix_hit_rate": reused / prompt if prompt else None}
+            "prefix_hit_rate": reused / prompt if prompt else None, "round": counters}
+
+
+def round_counters(generator: LocalGenerator) -> dict[str, int]:
+    """The round batcher's running counters (forwards, rows, tokens, drafted, accepted)."""
+    stats = generator.rounds.stats if generator.rounds is not None else None
+    names = ("forwards", "rows", "tokens", "drafted", "accepted")
+    return {name: int(getattr(stats, name)) if stats is not None else 0 for name in names}
 
 
 def schedule(configs: list[tuple[str, int]], reps: int) -> list[tuple[int, str, int]]:
@@ -152,8 +165,12 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING)
     args = parse_args(argv)
-    engines = args.engines.split(",")
-    configs = [(e, int(s)) for e in engines for s in args.round_sizes.split(",")]
+    if args.configs:
+        configs = [(c.split(":")[0], int(c.split(":")[1])) for c in args.configs.split(",")]
+    else:
+        configs = [(e, int(s)) for e in args.engines.split(",")
+                   for s in args.round_sizes.split(",")]
+    engines = list(dict.fromkeys(engine for engine, _ in configs))
     generators = {name: load_engine(args, name) for name in engines}
     runs = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -95,7 +95,7 @@ class Settings:
     queue: str = DEFAULT_QUEUE
     target_model: str = "smollm2"
     draft_model: str | None = None
-    engine: str = "ar"
+    engine: str = "auto"
     device: str = "cpu"
     dtype: str = "float32"
     round_size: int = 4
@@ -143,7 +143,7 @@ class Settings:
             queue=_env_str(env, "SEEDQ_QUEUE", DEFAULT_QUEUE) or DEFAULT_QUEUE,
             target_model=_env_str(env, "SEEDQ_TARGET_MODEL", "smollm2") or "smollm2",
             draft_model=_env_str(env, "SEEDQ_DRAFT_MODEL", None),
-            engine=_env_str(env, "SEEDQ_ENGINE", "ar") or "ar",
+            engine=_env_str(env, "SEEDQ_ENGINE", "auto") or "auto",
             device=_env_str(env, "SEEDQ_DEVICE", "cpu") or "cpu",
             dtype=_env_str(env, "SEEDQ_DTYPE", "float32") or "float32",
             round_size=_env_int(env, "SEEDQ_ROUND_SIZE", cls.round_size, 1),

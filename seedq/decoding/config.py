@@ -10,6 +10,7 @@ from seedq.decoding.types import DecodingError
 ENGINES = registry.NAMES  # one entry per engine in seedq.decoding.registry
 MCSD_RULES = ("with", "without")  # candidates drawn with / without replacement
 DTYPES = ("float32", "float16", "bfloat16")
+NGRAM = "ngram"  # prompt-lookup drafting (seedq.decoding.loading.NGRAM)
 
 
 @dataclass(frozen=True)
@@ -57,3 +58,12 @@ class EngineConfig:
     @property
     def speculative(self) -> bool:
         return registry.get(self.engine).needs_draft
+
+    @property
+    def drafting(self) -> str | None:
+        """What drafts for this engine: the draft model's name, ``ngram`` (prompt lookup;
+        ``auto`` without ``draft``), or None for an engine that never drafts."""
+        spec = registry.get(self.engine)
+        if spec.needs_draft:
+            return self.draft
+        return (self.draft or NGRAM) if spec.drafts else None

@@ -206,6 +206,12 @@ class NgramDrafter:
         state.metrics.drafted_tokens += len(tree)
         return tree
 
+    def lookup(self, ids: list[int], length: int) -> list[int]:
+        """The continuation of the latest match of the sequence's trailing n-gram (up to
+        ``length`` tokens, [] when nothing matches): a chain draft, no metrics counted."""
+        found = self._continuations(ids, 1, length) if length > 0 else []
+        return found[0] if found else []
+
     def _continuations(self, ids: list[int], branches: int, length: int) -> list[list[int]]:
         found: list[list[int]] = []
         firsts: set[int] = set()
@@ -225,3 +231,31 @@ class NgramDrafter:
     def accept(self, state: SequenceState, verdict: Verdict) -> None:
         return None
 
+
+@dataclass
+class NgramIndex:
+    """Prompt lookup for one row in O(1) per step: the latest start of every 1..3-gram that
+    has a token after it (the same answer as :meth:`NgramDrafter.lookup`)."""
+
+    max_ngram: int = 3
+    ids: list[int] = field(default_factory=list)
+    latest: dict[tuple[int, ...], int] = field(default_factory=dict)
+
+    def sync(self, prompt: list[int], output: list[int]) -> None:
+        """Index the tokens of ``prompt + output`` not indexed yet."""
+        known = len(self.ids)
+        new = prompt[known:] + output[max(0, known - len(prompt)):]
+        for token in new:
+            i = len(self.ids)  # the n-grams ending at i - 1 now have a follower
+            for n in range(1, self.max_ngram + 1):
+                if i - n >= 0:
+                    self.latest[tuple(self.ids[i - n:i])] = i - n
+            self.ids.append(token)
+
+    def lookup(self, length: int) -> list[int]:
+        ids = self.ids
+        for n in range(min(self.max_ngram, len(ids) - 1), 0, -1):
+            start = self.latest.get(tuple(ids[-n:]))
+            if start is not None:
+                return ids[start + n:start + n + length]
+        return []

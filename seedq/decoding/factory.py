@@ -39,7 +39,8 @@ class LocalGenerator:
     decodes the groups of all callers in shared forwards (``SEEDQ_ROUND_BATCHER=0``: one
     group at a time, as the other engines). A cancelled ``generate`` frees the target: a
     seed or round group is dropped at its next step, any other group stops at its next
-    forward (:mod:`seedq.decoding.cancel`)."""
+    forward (:mod:`seedq.decoding.cancel`). ``auto`` groups go to the same round batcher,
+    flagged to draft where the batcher's cost model says it pays."""
 
     def __init__(self, config: EngineConfig, runtime: Runtime, hub: TargetHub | None = None
                  ) -> None:
@@ -56,6 +57,7 @@ class LocalGenerator:
         self.rounds: RoundBatcher | None = None
         if isinstance(built, BatchEngine) and os.environ.get("SEEDQ_ROUND_BATCHER", "1") != "0":
             self.rounds = self.hub.round_batcher(runtime)
+        self.speculates = registry.get(config.engine).drafts  # auto: drafts where it pays
         for model in (runtime.target, runtime.draft_model):
             if model is not None:
                 cancel.install(model.model)
@@ -68,7 +70,7 @@ class LocalGenerator:
         if isinstance(self.engine, SeedScheduler):
             return self.engine.run(request, self._spec)
         if self.rounds is not None:
-            return self.rounds.run(request, self.runtime)
+            return self.rounds.run(request, self.runtime, self.speculates)
         with self.hub.lock:
             cancel.check()  # given up on while it waited for the target
             return self.engine.run(request)
@@ -77,7 +79,8 @@ class LocalGenerator:
         if isinstance(self.engine, SeedScheduler):
             return await asyncio.wrap_future(self.engine.submit(request, self._spec))
         if self.rounds is not None:  # a cancelled await cancels the future: dropped
-            return await asyncio.wrap_future(self.rounds.submit(request, self.runtime))
+            return await asyncio.wrap_future(
+                self.rounds.submit(request, self.runtime, self.speculates))
         stop = threading.Event()
         try:
             return await asyncio.to_thread(self._run_until, request, stop)
@@ -107,9 +110,9 @@ def generator_from_models(
     caches to share (another runtime's over the same models), else new ones; ``hub``: the
     target lock and SeeD scheduler to share (another generator's over the same target)."""
     drafter: Drafter | None = None
-    if config.speculative:
+    if config.drafting:
         shape = draft_shape(config)
-        if config.draft == loading.NGRAM:
+        if config.drafting == loading.NGRAM:
             drafter = NgramDrafter(shape, target.model.vocab_size)
         elif draft is None:
             raise DecodingError(f"engine {config.engine!r} needs a draft model")
@@ -133,7 +136,10 @@ def load_generator(config: EngineConfig) -> LocalGenerator:
     draft = None
     if config.draft and config.draft != loading.NGRAM:
         draft = _load(config.draft, config)
-    return generator_from_models(config, target, draft)
+    generator = generator_from_models(config, target, draft)
+    if generator.rounds is not None and generator.speculates:
+        generator.rounds.calibrate(generator.runtime)  # auto: the cost curve, at start
+    return generator
 
 
 def _load(name: str, config: EngineConfig) -> LoadedModel:
@@ -154,7 +160,7 @@ def derive_generator(base: LocalGenerator, config: EngineConfig) -> LocalGenerat
         )
     target = LoadedModel(runtime.target, runtime.tokenizer)
     draft = None
-    if config.speculative and config.draft != loading.NGRAM:
+    if config.drafting not in (None, loading.NGRAM):
         if runtime.draft_model is None or config.draft != base.config.draft:
             held = base.config.draft if runtime.draft_model is not None else "no draft model"
             raise DecodingError(

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import Cache
 
 from seedq.decoding.tree import additive_mask
 
@@ -27,7 +28,7 @@ class LanguageModel:
     def forward(
         self,
         input_ids: torch.Tensor,  # [B, Q] long
-        cache: DynamicCache,
+        cache: Cache,  # a DynamicCache, or a SlotCache (seedq.decoding.slot_cache)
         attention_mask: torch.Tensor | None = None,  # [B, 1, Q, K] bool (True = attend) or None
         position_ids: torch.Tensor | None = None,  # [B, Q] long
         keep: int = 0,  # logits of the last `keep` positions only (0: all)

@@ -8,8 +8,10 @@ its parent's.
 
 - ``match(tokens)`` returns the length of the longest cached prefix and a FRESH
   ``DynamicCache`` holding its KV (new tensors: the caller may extend or crop it freely).
+- ``longest(tokens)`` is the length ``match`` would find, without copying (or counting) it.
 - ``insert(tokens, cache)`` stores the KV of ``tokens`` from a cache holding at least
-  ``len(tokens)`` positions; only the part not yet cached is copied in.
+  ``len(tokens)`` positions; only the part not yet cached is copied in (a new leaf, or a
+  leaf extended by a new child: the prefix already stored is shared, never copied again).
 - Entries are evicted least-recently-used first (leaves only, so a stored prefix never loses
   its beginning) once the KV bytes exceed the limit (``SEEDQ_PREFIX_CACHE_MB``, 0 disables).
 
@@ -144,6 +146,21 @@ class PrefixCache:
             self._queried += len(tokens)
             self._reused += length
         return length, join_segments(pieces)  # stored tensors are immutable: no lock needed
+
+    def longest(self, tokens: Sequence[int]) -> int:
+        """How many leading ``tokens`` are cached, without copying anything, counting a
+        lookup or refreshing the entries (so a caller can choose which prefix to match)."""
+        if not self.enabled:
+            return 0
+        with self._lock:
+            node, at = self._root, 0
+            while (edge := _next_edge(node, tokens, at)) is not None:
+                child, n = edge
+                at += n
+                if n < len(child.tokens):
+                    break
+                node = child
+            return at
 
     def _walk(self, tokens: Sequence[int]) -> list[tuple[Segment, int]]:
         node, at, pieces = self._root, 0, []

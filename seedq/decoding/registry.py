@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 # every speculation option of EngineConfig, with the help text of its flag
 OPTIONS: dict[str, str] = {
-    "gamma": "draft length of a chain draft (1..64)",
+    "gamma": "draft length of a chain draft (auto: the longest draft it may pick; 1..64)",
     "k_config": "draft tree, candidates per depth, e.g. 2,1,1 (mcsd: 2,1,1; seed: else a chain)",
     "mcsd_rule": "tree candidates drawn 'with' or 'without' replacement",
     "verify_batch": "drafts verified per target forward (1 = strict FCFS; 1..256)",
@@ -45,6 +45,11 @@ class EngineSpec:
     options: tuple[str, ...]
     build: Callable[[EngineConfig, Runtime], Built]
     default_tree: tuple[int, ...] = ()
+    drafts: bool = False  # drafts with --draft when given, else with prompt lookup (auto)
+
+    @property
+    def uses_drafter(self) -> bool:
+        return self.needs_draft or self.drafts
 
 
 def _ar(config: EngineConfig, runtime: Runtime) -> Built:
@@ -57,6 +62,12 @@ def _batch(config: EngineConfig, runtime: Runtime) -> Built:
     from seedq.decoding.engines.batch import BatchEngine
 
     return BatchEngine(runtime)
+
+
+def _auto(config: EngineConfig, runtime: Runtime) -> Built:
+    from seedq.decoding.engines.batch import BatchEngine
+
+    return BatchEngine(runtime)  # stands for its groups when round batching is off
 
 
 def _speculative(config: EngineConfig, runtime: Runtime) -> Built:
@@ -79,6 +90,11 @@ def _seed(config: EngineConfig, runtime: Runtime) -> Built:
 ENGINE_SPECS: tuple[EngineSpec, ...] = (
     EngineSpec("ar", "the target alone, one sequence after another", False, (), _ar),
     EngineSpec("batch", "the target alone, all sequences in one padded batch", False, (), _batch),
+    EngineSpec(
+        "auto",
+        "round batching that drafts only where the measured cost and acceptance say it pays",
+        False, ("gamma",), _auto, drafts=True,
+    ),
     EngineSpec("sd", "speculative decoding with a chain draft", True, ("gamma",), _speculative),
     EngineSpec(
         "mcsd",
@@ -98,6 +114,7 @@ ENGINE_SPECS: tuple[EngineSpec, ...] = (
 )
 NAMES: tuple[str, ...] = tuple(spec.name for spec in ENGINE_SPECS)
 SPECULATIVE: tuple[str, ...] = tuple(spec.name for spec in ENGINE_SPECS if spec.needs_draft)
+DRAFTING: tuple[str, ...] = tuple(spec.name for spec in ENGINE_SPECS if spec.uses_drafter)
 _BY_NAME = {spec.name: spec for spec in ENGINE_SPECS}
 
 

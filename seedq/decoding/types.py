@@ -52,12 +52,16 @@ class GroupRequest:
     through the tokenizer's chat template (when the tokenizer has one).
 
     ``params`` applies to every sequence unless ``sequence_params`` gives one SamplingParams
-    per prompt (own max_new_tokens, stop strings, temperature, seed, ...)."""
+    per prompt (own max_new_tokens, stop strings, temperature, seed, ...).
+
+    ``label`` names the kind of group (e.g. ``gsm8k/thought``): engines that learn from
+    what they see (``auto``'s acceptance estimates) keep their statistics per label."""
 
     prompts: tuple[str, ...]
     params: SamplingParams = field(default_factory=SamplingParams)
     chat: bool = False
     sequence_params: tuple[SamplingParams, ...] = ()
+    label: str = ""
 
     def __post_init__(self) -> None:
         if not self.prompts:

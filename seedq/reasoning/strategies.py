@@ -55,7 +55,8 @@ class SearchContext:
     async def call(self, phase: str, strategy: str, group: str, prompts: list[str],
                    params: SamplingParams) -> Generated:
         """Send ``prompts`` as ONE group request; ``group`` is its key (it seeded ``params``)."""
-        request = GroupRequest(prompts=tuple(prompts), params=params, chat=True)
+        request = GroupRequest(prompts=tuple(prompts), params=params, chat=True,
+                               label=f"{type(self.problem).__name__}/{phase}")
         result = await self.generator.generate(request)
         if len(result.sequences) != len(prompts):
             raise ReasoningError(

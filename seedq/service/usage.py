@@ -54,7 +54,7 @@ def models_of(generator: Any, engines: set[str] | None = None) -> ModelsRecord:
         engine = engine or _text(getattr(inner, "engine", None))
         return ModelsRecord(target=None, draft=None, engine=engine, device=None,
                             dtype=None, generator=type(inner).__name__)
-    return ModelsRecord(target=config.target, draft=config.draft if config.speculative else None,
+    return ModelsRecord(target=config.target, draft=config.drafting,
                         engine=engine or config.engine, device=config.device,
                         dtype=config.dtype, generator=type(inner).__name__)
 

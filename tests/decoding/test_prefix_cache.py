@@ -1,5 +1,7 @@
 """The prefix cache: cached KV equals encoding from scratch, engines decode the same tokens
-with it on and off, LRU eviction by bytes, no shared prefix, threads, no aliasing."""
+with it on and off, LRU eviction by bytes, no shared prefix, threads, no aliasing; a group's
+prompts start from their longest stored prefix, whole prompts stored by earlier groups
+included (a child's prompt extending one of them)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from transformers import DynamicCache
 
 from seedq.decoding import kvcache
 from seedq.decoding.config import EngineConfig
-from seedq.decoding.engines.base import encode_prefix, shared_prefix_length
+from seedq.decoding.engines.base import encode_prefix, prefill_group, shared_prefix_length
 from seedq.decoding.factory import generator_from_models
 from seedq.decoding.loading import LoadedModel
 from seedq.decoding.prefix_cache import PrefixCache, PrefixCaches, limit_from_env
@@ -99,11 +101,19 @@ def test_radix_shares_prefixes_and_counts_bytes(target: LoadedModel) -> None:
     prefix.insert(sibling, sibling_cache)
     assert prefix.stats().bytes == per_token * (len(child) - 1 + 4)
     assert prefix.stats().nodes == 4  # common part, parent's tail, child's tail, sibling's
-    for tokens in (parent[:-1], child[:-1], sibling):
+    for tokens in (parent[:-1], child[:-1]):
         length, copy = prefix.match(tokens)
         assert length == len(tokens)
-        reference = cache if tokens is not sibling else sibling_cache
-        assert_same_kv(copy, reference, length, exact=True)
+        assert_same_kv(copy, cache, length, exact=True)
+    # the sibling: the common part stored first (from the child's cache), then its own tail
+    # (two forwards of different lengths need not agree to the last bit: compare each part
+    # with the cache it was copied from)
+    length, copy = prefix.match(sibling)
+    common = len(parent) - 3
+    assert length == len(sibling)
+    assert_same_kv(copy, cache, common, exact=True)
+    for x, y in zip(layer_tensors(copy), layer_tensors(sibling_cache), strict=True):
+        assert torch.equal(x[..., common:length, :], y[..., common:length, :])
 
 
 def test_lru_eviction_under_a_tiny_limit(target: LoadedModel) -> None:
@@ -213,11 +223,98 @@ def test_limit_setting() -> None:
     assert disabled.match([1, 2, 3])[0] == 0 and not disabled.enabled
 
 
+def test_insert_copies_its_source(target: LoadedModel) -> None:
+    """What an engine does to its own cache after storing it (decode on, roll back, scribble)
+    never reaches the stored entry."""
+    parent = ids(target, PARENT)
+    cache, _ = full_cache(target, parent)
+    reference = kvcache.clone(cache)
+    prefix = PrefixCache(64 * 2**20)
+    prefix.insert(parent, cache)
+    with torch.inference_mode():
+        for tensor in layer_tensors(cache):
+            tensor.mul_(0.0)
+    target.model.forward_chain(parent[:3], cache)
+    kvcache.crop(cache, 2)
+    length, copy = prefix.match(parent)
+    assert length == len(parent)
+    assert_same_kv(copy, reference, length, exact=True)
+
+
+def _prefill_and_store(target: LoadedModel, prompts: list[list[int]], prefix: PrefixCache
+                       ) -> tuple[list[int], list[torch.Tensor]]:
+    """An engine's prefill of one group: start each prompt (prefill_group), feed its rest
+    (the first forward), store the whole prompt (as store_prompts does). Returns each
+    prompt's reused tokens and last logits."""
+    reused, logits = [], []
+    for (start, n), tokens in zip(prefill_group(target.model, prompts, prefix), prompts,
+                                  strict=True):
+        logits.append(target.model.forward_chain(tokens[start.length:], start.cache)[-1])
+        reused.append(n)
+        assert kvcache.cache_length(start.cache) == len(tokens)
+    for (start, _), tokens in zip(prefill_group(target.model, prompts, None), prompts,
+                                  strict=True):  # (a second, uncached prefill to store from)
+        target.model.forward_chain(tokens[start.length:], start.cache)
+        prefix.insert(tokens, start.cache)
+    return reused, logits
+
+
+def test_child_extending_a_stored_prompt_reuses_it(target: LoadedModel) -> None:
+    """A group of distinct prompts (one node's evaluations, say) shares only a short
+    prefix; once each whole prompt is stored, a later prompt extending one of them starts
+    from all of it, and its logits are those of encoding it from scratch."""
+    group = [ids(target, PARENT + " are on the table"), ids(target, PARENT + " is red")]
+    shared = shared_prefix_length(group)
+    child = ids(target, PARENT + " are on the table. step one: pick up the red block")
+    assert child[: len(group[0])] == group[0]
+    prefix = PrefixCache(64 * 2**20)
+    reused, logits = _prefill_and_store(target, group, prefix)
+    assert reused == [0, 0]  # nothing cached before, and siblings do not count each other
+    for tokens, got in zip(group, logits, strict=True):
+        torch.testing.assert_close(got, full_cache(target, tokens)[1][-1], rtol=1e-5,
+                                   atol=1e-5)
+    (reused_child,), (child_logits,) = _prefill_and_store(target, [child], prefix)
+    assert reused_child == len(group[0]) > shared + 1  # the whole sibling, not the prefix
+    reference_cache, reference = full_cache(target, child)
+    torch.testing.assert_close(child_logits, reference[-1], rtol=1e-5, atol=1e-5)
+    # the same child again: everything but its last token
+    (start, again), = prefill_group(target.model, [child], prefix)
+    assert again == start.length == len(child) - 1
+    assert_same_kv(start.cache, reference_cache, len(child) - 1)
+    # the stored group's prompts still match whole (the child split nothing away)
+    assert [prefix.longest(p) for p in group] == [len(p) for p in group]
+
+
+def test_group_prompts_start_where_each_is_cached(target: LoadedModel) -> None:
+    """In one group, a prompt stored further than the group's shared prefix starts from its
+    own copy, the others from the shared prefix; an eviction between the lookup and the
+    copy only shortens the copy."""
+    stored = ids(target, CHILD)
+    cache, _ = full_cache(target, stored)
+    prefix = PrefixCache(64 * 2**20)
+    prefix.insert(stored, cache)
+    group = [ids(target, CHILD + " then"), ids(target, PARENT + " is red"), stored]
+    shared = shared_prefix_length(group)
+    starts = prefill_group(target.model, group, prefix)
+    assert [n for _, n in starts] == [len(stored), shared, len(stored) - 1]
+    assert [s.length for s, _ in starts] == [len(stored), shared, len(stored) - 1]
+    for (start, _), tokens in zip(starts, group, strict=True):
+        assert kvcache.cache_length(start.cache) == start.length
+        logits = target.model.forward_chain(tokens[start.length:], start.cache)[-1]
+        torch.testing.assert_close(logits, full_cache(target, tokens)[1][-1], rtol=1e-5,
+                                   atol=1e-5)
+
+
+# the engines whose every sequence stores its whole prompt once prefilled (ar and the round
+# batcher store only their groups' shared prefixes until they call store_prompts)
+STORES_PROMPTS = {"ar": False, "sd": True, "mcsd": True, "seed": True, "batch": False,
+                  "batch-group": False}
 GROUPS = (
     (PARENT, PARENT, PARENT),  # N samples of one prompt
     (CHILD, CHILD + " then", PARENT + " are on the table"),  # children of that node
     (UNRELATED, UNRELATED + " and"),  # shares nothing with the others
-    (CHILD,),  # finds the part group 2 shared (its prompts' common prefix)
+    (CHILD,),  # group 2 stored CHILD whole (else: group 2's common prefix)
+    (CHILD + " then the blue block",),  # extends group 2's second prompt
     (CHILD,),  # finds all of it but the last token, which the first forward feeds
 )
 
@@ -233,12 +330,19 @@ def _tree_of_groups(config: EngineConfig, target: LoadedModel, draft: LoadedMode
         generator.close()
 
 
-@pytest.mark.parametrize("engine", ["ar", "sd", "seed"])
+def _engine_config(engine: str, monkeypatch: pytest.MonkeyPatch) -> EngineConfig:
+    monkeypatch.setenv("SEEDQ_ROUND_BATCHER", "0" if engine == "batch-group" else "1")
+    name = "batch" if engine == "batch-group" else engine
+    return EngineConfig(engine=name, target="tiny",
+                        draft="tiny-draft" if name in ("sd", "mcsd", "seed") else None)
+
+
+@pytest.mark.parametrize("engine", list(STORES_PROMPTS))
 def test_engines_identical_with_cache_on_and_off(engine: str, target: LoadedModel,
-                                                 close_draft: LoadedModel) -> None:
-    config = EngineConfig(engine=engine, target="tiny",
-                          draft=None if engine == "ar" else "tiny-draft")
-    draft = None if engine == "ar" else close_draft
+                                                 close_draft: LoadedModel,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    config = _engine_config(engine, monkeypatch)
+    draft = close_draft if config.draft else None
     off, _ = _tree_of_groups(config, target, draft, 0)
     on, caches = _tree_of_groups(config, target, draft, 64 * 2**20)
     for a, b in zip(off, on, strict=True):
@@ -246,9 +350,40 @@ def test_engines_identical_with_cache_on_and_off(engine: str, target: LoadedMode
     reused = [[s.metrics.reused_prompt_tokens for s in r.sequences] for r in on]
     assert all(s.metrics.reused_prompt_tokens == 0 for r in off for s in r.sequences)
     assert reused[0] == [0, 0, 0] and min(reused[1]) > 0 and reused[2] == [0, 0]
+    child = ids(target, CHILD)
     group2 = [target.tokenizer.encode(p) for p in GROUPS[1]]
-    assert reused[3] == [shared_prefix_length(group2)]
-    assert reused[4] == [len(ids(target, CHILD)) - 1]
-    assert on[4].sequences[0].metrics.prompt_tokens == len(ids(target, CHILD))
+    extended = ids(target, GROUPS[4][0])
+    assert extended[: len(group2[1])] == group2[1] and len(group2[1]) > len(child)
+    if STORES_PROMPTS[engine]:
+        assert reused[3] == [len(child) - 1]  # group 2's first prompt (less its last token)
+        assert reused[4] == [len(group2[1])]  # group 2's second prompt, whole
+    else:
+        assert reused[3] == [shared_prefix_length(group2)]
+        assert reused[4] == [len(child) - 1]  # what group 3 stored
+    assert reused[5] == [len(child) - 1]
+    assert on[5].sequences[0].metrics.prompt_tokens == len(child)
     if draft is not None:
         assert caches.draft.stats().reused_tokens == caches.target.stats().reused_tokens > 0
+
+
+@pytest.mark.parametrize("engine", ["sd", "batch"])
+def test_engines_correct_under_a_tiny_limit(engine: str, target: LoadedModel,
+                                            close_draft: LoadedModel,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A limit of a few prompts' KV: entries are evicted all along, the tokens are those
+    of decoding without the cache, and the cache stays under its limit."""
+    config = _engine_config(engine, monkeypatch)
+    draft = close_draft if config.draft else None
+    child = ids(target, CHILD)
+    per_token = kvcache.cache_bytes(full_cache(target, child)[0]) // len(child)
+    limit = per_token * (len(child) + 8)
+    off, _ = _tree_of_groups(config, target, draft, 0)
+    on, caches = _tree_of_groups(config, target, draft, limit)
+    for a, b in zip(off, on, strict=True):
+        assert [s.token_ids for s in a.sequences] == [s.token_ids for s in b.sequences]
+    for cache in (caches.target, caches.draft) if draft is not None else (caches.target,):
+        stats = cache.stats()
+        assert stats.evictions > 0 and 0 < stats.bytes <= limit
+        assert stats.nodes == len(cache._iter_nodes())
+        assert stats.bytes == sum(n.nbytes for n in cache._iter_nodes())
+    assert sum(s.metrics.reused_prompt_tokens for r in on for s in r.sequences) > 0

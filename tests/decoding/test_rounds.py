@@ -21,7 +21,7 @@ import torch
 from seedq.decoding.config import EngineConfig
 from seedq.decoding.engines import round_budget, rounds
 from seedq.decoding.engines.batch import BatchEngine
-from seedq.decoding.engines.round_batch import RoundBatch
+from seedq.decoding.engines.round_slots import SlotRoundBatch
 from seedq.decoding.engines.rounds import RoundBatcher
 from seedq.decoding.factory import LocalGenerator, generator_from_models
 from seedq.decoding.loading import LoadedModel
@@ -148,17 +148,17 @@ def test_a_cancelled_group_leaves_the_others_identical(
     victim = GroupRequest((PROMPTS[1],) * 3, SamplingParams(max_new_tokens=30))
     expected = ar_tokens(target, keep)
     rows: list[int] = []
-    real = RoundBatch.forward
+    real = SlotRoundBatch.forward
     loop_and_task: list[Any] = []
 
-    def watched(self: RoundBatch, model: Any) -> torch.Tensor:
+    def watched(self: SlotRoundBatch, model: Any, drafts: Any = None) -> list[torch.Tensor]:
         rows.append(len(self.rows))
         if rows[-2:] == [5, 5]:  # both groups decoding: the caller of the victim gives up
             event_loop, task = loop_and_task
             event_loop.call_soon_threadsafe(task.cancel)
-        return real(self, model)
+        return real(self, model, drafts)
 
-    monkeypatch.setattr(RoundBatch, "forward", watched)
+    monkeypatch.setattr(SlotRoundBatch, "forward", watched)
 
     async def both() -> GroupResult:
         kept = asyncio.ensure_future(batch.generate(keep))
@@ -239,13 +239,13 @@ def test_the_loop_thread_leaves_the_default_thread_count_alone(
     (and the caller) keep the process default."""
     before = torch.get_num_threads()
     seen: list[int] = []
-    real = RoundBatch.forward
+    real = SlotRoundBatch.forward
 
-    def watched(self: RoundBatch, model: Any) -> torch.Tensor:
+    def watched(self: SlotRoundBatch, model: Any, drafts: Any = None) -> list[torch.Tensor]:
         seen.append(torch.get_num_threads())
-        return real(self, model)
+        return real(self, model, drafts)
 
-    monkeypatch.setattr(RoundBatch, "forward", watched)
+    monkeypatch.setattr(SlotRoundBatch, "forward", watched)
     torch.set_num_threads(2)
     generator = make(BATCH, target, None)  # built with 2
     try:

@@ -19,6 +19,7 @@ is checked to be far from the target's, so a sampler that followed the draft wou
 
 from __future__ import annotations
 
+import random
 from collections import Counter, defaultdict
 from dataclasses import replace
 from typing import Any
@@ -58,6 +59,8 @@ CASES = {
     "seed-tree-211": (dict(engine="seed", k_config=(2, 1, 1), mcsd_rule="without",
                            verify_batch=64, draft_batch=64, draft_threads=1), 4, 2 * DRAWS),
     "sd-ngram": (dict(engine="sd", gamma=2, draft="ngram"), 3, DRAWS),
+    # auto: draft lengths drawn at random per row and step (0..2), inside the round batcher
+    "auto-random-g2": (dict(engine="auto", gamma=2), 4, 2 * DRAWS),
 }
 RUNS = [(case, warp) for case in CASES for warp in WARPS
         if case != "sd-ngram" or warp == "t0.7-topk3"]  # prompt lookup: one warp is enough
@@ -167,6 +170,11 @@ def test_tokens_follow_the_target_distribution(
     options = {"draft": "tiny-flat" if options["engine"] != "batch" else None, **options}
     params = replace(WARPS[warp], max_new_tokens=length, seed=1000)
     generator = make(EngineConfig(target="tiny", **options), sharp_target, flat_draft)
+    if options["engine"] == "auto":
+        assert generator.rounds is not None
+        rng = random.Random(7)
+        generator.rounds.speculation.policy = lambda alphas, caps: [
+            rng.randint(0, cap) for cap in caps]
     try:
         result = generator.run(GroupRequest((PROMPT,) * draws, params))
     finally:
@@ -176,7 +184,7 @@ def test_tokens_follow_the_target_distribution(
     assert impossible == 0
     assert deepest == length - 1  # the last position, where the bonus tokens land, is tested
     assert statistic < chi_square_critical(df), (statistic, df)
-    if options["engine"] in ("sd", "mcsd", "seed") and options["draft"] != "ngram":
+    if options["engine"] in ("sd", "mcsd", "seed", "auto") and options["draft"] != "ngram":
         assert Counter(len(s) for s in samples)[length] > 0.95 * draws
         assert sum(s.metrics.accepted_tokens for s in result.sequences) > 0
 

@@ -77,31 +77,74 @@ def prefill(model: LanguageModel, tokens: list[int], copies: int,
     return [ModelCache(c, len(tokens)) for c in caches], reused
 
 
-def prepare_group(runtime: Runtime, request: GroupRequest) -> list[SequenceState]:
-    """Tokenize, encode the shared prefix once per model, and build per-sequence states."""
-    prompts = [runtime.tokenizer.encode(p, request.chat) for p in request.prompts]
+def prefill_group(model: LanguageModel, prompts: Sequence[list[int]],
+                  prefix: PrefixCache | None = None) -> list[tuple[ModelCache, int]]:
+    """Each prompt's starting cache and how many of its tokens came from the prefix cache.
+
+    A prompt that an earlier group stored further than this group's shared prefix (its whole
+    prompt, :func:`store_prompts`, which a later prompt may extend) starts from its own copy
+    of that (all but its last token, which the engine's first forward feeds); the others
+    share the group's common prefix, encoded once (through the prefix cache) and copied.
+    The lengths are looked up before this group stores anything, so a prompt never counts
+    what a sibling of its own group encoded."""
     shared = shared_prefix_length(prompts)
-    target_caches, reused = prefill(runtime.target, prompts[0][:shared], len(prompts),
-                                    runtime.prefix.target)
-    draft_caches: list[ModelCache | None] = [None] * len(prompts)
+    starts: list[tuple[ModelCache, int] | None] = [None] * len(prompts)
+    if prefix is not None:
+        longer = [i for i, p in enumerate(prompts) if prefix.longest(p[:-1]) > shared]
+        for i in longer:  # (an eviction meanwhile only shortens the copy: still exact)
+            length, cache = prefix.match(prompts[i][:-1])
+            starts[i] = (ModelCache(cache, length), length)
+    rest = [i for i, start in enumerate(starts) if start is None]
+    if rest:
+        copies, reused = prefill(model, prompts[0][:shared], len(rest), prefix)
+        for i, copy in zip(rest, copies, strict=True):
+            starts[i] = (copy, reused)
+    return [start for start in starts if start is not None]
+
+
+def prepare_group(runtime: Runtime, request: GroupRequest) -> list[SequenceState]:
+    """Tokenize, encode the shared prefix once per model (or start a prompt from its longer
+    cached prefix), and build per-sequence states."""
+    prompts = [runtime.tokenizer.encode(p, request.chat) for p in request.prompts]
+    targets = prefill_group(runtime.target, prompts, runtime.prefix.target)
+    drafts: list[ModelCache | None] = [None] * len(prompts)
     if isinstance(runtime.drafter, ModelDrafter):
-        draft_caches = list(prefill(runtime.drafter.model, prompts[0][:shared], len(prompts),
-                                    runtime.prefix.draft)[0])
+        drafts = [c for c, _ in prefill_group(runtime.drafter.model, prompts,
+                                               runtime.prefix.draft)]
     states = []
     for index, ids in enumerate(prompts):
+        target, reused = targets[index]
         state = SequenceState(
             index=index,
             prompt_ids=ids,
             params=request.params_for(index),
             generator=make_generator(request.seed_for(index)),
-            target=target_caches[index],
+            target=target,
         )
         state.metrics.prompt_tokens = len(ids)
         state.metrics.reused_prompt_tokens = reused
         if runtime.drafter is not None:
-            runtime.drafter.start(state, draft_caches[index])
+            runtime.drafter.start(state, drafts[index])
         states.append(state)
     return states
+
+
+def store_prompts(runtime: Runtime, states: Sequence[SequenceState]) -> None:
+    """Store each sequence's whole prompt in the prefix caches, once a cache holds it (the
+    engine's first forward fed the rest): a later group whose prompts repeat or extend it
+    starts from it (:func:`prefill_group`). Exact (the KV of what was prefilled), and only
+    the part the radix tree does not hold yet is copied. Call it where the target cache's
+    first positions are committed tokens (after a forward of the prompt's rest, or after a
+    verification was committed); a cache that does not hold the whole prompt is skipped (a
+    draft cache counts only its committed ``length``)."""
+    for state in states:
+        size = len(state.prompt_ids)
+        if kvcache.cache_length(state.target.cache) >= size:
+            runtime.prefix.target.insert(state.prompt_ids, state.target.cache)
+        if (state.draft is not None and isinstance(runtime.drafter, ModelDrafter)
+                and state.draft.length >= size
+                and kvcache.cache_length(state.draft.cache) >= size):
+            runtime.prefix.draft.insert(state.prompt_ids, state.draft.cache)
 
 
 class MemoryMeter:

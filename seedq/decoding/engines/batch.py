@@ -1,6 +1,7 @@
 """``batch``: the target alone, all N sequences in one padded batch (the paper's "Parallel").
 
-The shared prompt prefix is encoded once and repeated; the per-sequence suffixes are
+The shared prompt prefix is encoded once (through the prefix cache: only what it does not
+hold is encoded) and repeated; the per-sequence suffixes are
 left-padded inside one forward (a per-row padding mask, made a 4D mask for
 ``LanguageModel.forward``, with explicit position ids); then every step decodes one token
 for every unfinished row. Finished rows leave the batch. Each forward's time is split
@@ -17,6 +18,7 @@ from transformers import DynamicCache
 from seedq.decoding.engines.base import (
     MemoryMeter,
     Runtime,
+    encode_prefix,
     group_result,
     shared_prefix_length,
 )
@@ -36,14 +38,17 @@ class BatchEngine:
         meter = MemoryMeter(self.runtime.target.device)
         prompts = [self.runtime.tokenizer.encode(p, request.chat) for p in request.prompts]
         shared = shared_prefix_length(prompts)
-        cache = DynamicCache()
+        cache, reused = encode_prefix(self.runtime.target, prompts[0][:shared],
+                                      self.runtime.prefix.target)
         states = [
             SequenceState(i, ids, request.params_for(i), make_generator(request.seed_for(i)),
                           ModelCache(cache, 0))
             for i, ids in enumerate(prompts)
         ]
+        for state in states:
+            state.metrics.prompt_tokens = len(state.prompt_ids)
+            state.metrics.reused_prompt_tokens = reused
         if shared:
-            self.runtime.target.forward_chain(prompts[0][:shared], cache, keep=1)
             cache.batch_repeat_interleave(len(prompts))
         mask, positions, logits = self._prefill_suffixes(states, shared, cache)
         self._decode(states, cache, mask, positions, logits, meter)

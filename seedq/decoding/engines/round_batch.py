@@ -11,12 +11,15 @@ join). No cache is stacked or split per forward.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 from transformers import DynamicCache
 
 from seedq.decoding import kvcache
+from seedq.decoding.drafters import NgramIndex
 from seedq.decoding.engines.base import Runtime
 from seedq.decoding.engines.batch import attention_mask
 from seedq.decoding.engines.seed_groups import OpenGroup
@@ -29,6 +32,7 @@ class RoundGroup(OpenGroup):
     """One caller's group between steps of the round loop."""
 
     runtime: Runtime
+    speculate: bool = False  # an ``auto`` group: its rows draft when the plan says it pays
     mixed_forwards: int = 0  # forwards this group shared with rows of other groups
     kv_spans: list[int] | None = None  # per sequence: prompt + max_new_tokens (KV budget)
     peak_kv_bytes: int = 0  # the round cache's bytes and rows seen while the group was in it
@@ -44,6 +48,60 @@ class Row:
     group: RoundGroup
     token: int
     position: int
+    hits: float = 0.0  # draft tokens accepted / tried (its acceptance, ``auto`` only)
+    trials: float = 0.0
+    ngram: NgramIndex | None = None  # its prompt-lookup index (``auto`` with lookup)
+
+
+class RoundStorage(Protocol):
+    """What the round batcher uses of its rows' storage: :class:`RoundBatch` (one left-padded
+    ``DynamicCache``) or :class:`~seedq.decoding.engines.round_slots.SlotRoundBatch` (a
+    preallocated slot cache). ``rows[i]`` is the i-th row of every forward."""
+
+    rows: list[Row]
+
+    @property
+    def cache(self) -> Any: ...  # its KV tensors (round_budget.cache_bytes), None when empty
+
+    @property
+    def width(self) -> int: ...  # the longest row's cache positions (the KV budget)
+
+    def groups(self) -> list[RoundGroup]: ...
+
+    def join(self, rows: list[Row], caches: list[DynamicCache]) -> None: ...
+
+    def keep(self, indices: list[int]) -> None: ...
+
+    def feeds(self, drafts: list[list[int]] | None) -> list[list[int]]: ...
+
+    def forward(self, model: LanguageModel, drafts: list[list[int]] | None = None
+                ) -> list[torch.Tensor]: ...
+
+    def forward_subset(self, model: LanguageModel, indices: list[int], feeds: list[list[int]]
+                       ) -> tuple[list[torch.Tensor], Any]: ...
+
+    def extend(self, pieces: list[tuple[list[int], Any]], q: int) -> None: ...
+
+    def settle(self, kept: list[int], q: int) -> None: ...
+
+    def compact(self) -> bool: ...
+
+
+ROUND_KV_KINDS = ("slots", "dynamic")
+
+
+def new_round_batch() -> RoundStorage:
+    """The round's storage, by ``SEEDQ_ROUND_KV``: ``slots`` (the default; a preallocated
+    slot KV cache written in place, no per-forward copy of the KV) or ``dynamic`` (one
+    left-padded ``DynamicCache``, concatenated on every forward)."""
+    kind = os.environ.get("SEEDQ_ROUND_KV", "slots").strip().lower() or "slots"
+    if kind == "dynamic":
+        return RoundBatch()
+    if kind != "slots":
+        raise ValueError(f"SEEDQ_ROUND_KV={kind!r}: expected one of {', '.join(ROUND_KV_KINDS)}")
+    from seedq.decoding.engines.round_slots import SlotRoundBatch  # it imports this module
+
+    return SlotRoundBatch()
 
 
 def _layers(cache: DynamicCache) -> list:  # type: ignore[type-arg]
@@ -122,35 +180,84 @@ class RoundBatch:
                 layer.values = layer.values[..., lead:, :]
             self.mask = self.mask[:, lead:]
 
-    def forward(self, model: LanguageModel) -> torch.Tensor:
-        """One forward of every row's pending token; returns logits [rows, V] on the CPU.
-        The cache gains one column; a failed forward leaves it as it was."""
+    def forward(self, model: LanguageModel, drafts: list[list[int]] | None = None
+                ) -> list[torch.Tensor]:
+        """One forward of every row's pending token followed by its draft tokens (``drafts``
+        per row, None: no drafts); returns logits ``[1 + len(draft), V]`` per row on the
+        CPU. The cache gains ``q = 1 + longest draft`` columns for every row (the padding
+        ones masked out); :meth:`settle` then keeps each row's accepted columns. A failed
+        forward leaves the cache as it was."""
         assert self.cache is not None
+        feeds = self.feeds(drafts)
         chosen = list(range(len(self.rows)))
-        logits, self.mask = self._feed(model, chosen, self.cache)
-        return logits
+        logits, self.mask = self._feed(model, chosen, self.cache, feeds)
+        return [row_logits[: len(feed)] for row_logits, feed in zip(logits, feeds, strict=True)]
 
-    def forward_subset(self, model: LanguageModel, indices: list[int]
-                       ) -> tuple[torch.Tensor, DynamicCache]:
+    def feeds(self, drafts: list[list[int]] | None) -> list[list[int]]:
+        """Per row its pending token and its draft tokens."""
+        drafts = drafts or [[] for _ in self.rows]
+        return [[row.token, *draft] for row, draft in zip(self.rows, drafts, strict=True)]
+
+    def forward_subset(self, model: LanguageModel, indices: list[int], feeds: list[list[int]]
+                       ) -> tuple[list[torch.Tensor], DynamicCache]:
         """The same for the rows at ``indices`` alone, on a copy of their cache rows (the
-        batch is left as it was; :meth:`extend` takes the new columns back)."""
+        batch is left as it was; :meth:`extend` takes the new columns back). ``feeds`` is
+        every row's (as :meth:`feeds` builds them): all rows gain the same columns."""
         cache = self.subset(torch.tensor(indices, dtype=torch.long))
-        return self._feed(model, indices, cache)[0], cache
+        logits = self._feed(model, indices, cache, feeds)[0]
+        return [logits[k][: len(feeds[i])] for k, i in enumerate(indices)], cache
 
-    def _feed(self, model: LanguageModel, chosen: list[int], cache: DynamicCache
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _feed(self, model: LanguageModel, chosen: list[int], cache: DynamicCache,
+              feeds: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``[len(chosen), q, V]`` and the padding mask with q new columns."""
+        q = max(len(feed) for feed in feeds)  # every row gains q columns
         index = torch.tensor(chosen, dtype=torch.long)
-        ids = torch.tensor([[self.rows[i].token] for i in chosen], dtype=torch.long)
-        positions = torch.tensor([[self.rows[i].position] for i in chosen], dtype=torch.long)
-        mask = torch.cat([self.mask[index], torch.ones((len(chosen), 1), dtype=torch.long)], 1)
+        ids = torch.zeros((len(chosen), q), dtype=torch.long)  # [rows, q], right-padded
+        positions = torch.zeros((len(chosen), q), dtype=torch.long)
+        fed = torch.zeros((len(chosen), q), dtype=torch.long)  # 1 = a real new token
+        for k, i in enumerate(chosen):
+            feed = feeds[i]
+            ids[k, : len(feed)] = torch.tensor(feed)
+            positions[k] = torch.arange(self.rows[i].position, self.rows[i].position + q)
+            fed[k, : len(feed)] = 1
+        mask = torch.cat([self.mask[index], fed], 1)  # [rows, width + q]
         device = model.device
         try:
-            logits = model.forward(ids.to(device), cache, attention_mask(mask, 1).to(device),
-                                   positions.to(device), keep=1)  # [rows, 1, V]
+            logits = model.forward(ids.to(device), cache, attention_mask(mask, q),
+                                   positions.to(device), keep=q)  # [rows, q, V]
         except BaseException:
             kvcache.crop(cache, self.width)  # layers that were already extended go back
             raise
-        return logits[:, -1].float().cpu(), mask
+        return logits.float().cpu(), mask
+
+    def settle(self, kept: list[int], q: int) -> None:
+        """After a forward of ``q`` new columns: row b keeps the first ``kept[b]`` of them
+        (its pending token and its accepted draft tokens); the rest become holes, masked
+        out (:meth:`compact` squeezes them out when they pile up)."""
+        if q <= 1:
+            return
+        columns = torch.arange(q)[None, :]  # [1, q]
+        keep = columns < torch.tensor(kept, dtype=torch.long)[:, None]  # [rows, q]
+        self.mask[:, -q:] = self.mask[:, -q:] * keep.long()
+
+    def compact(self, slack: float = 0.25) -> bool:
+        """When holes and padding exceed ``slack`` of the width (and 16 columns), gather
+        each row's real positions to the right (one copy of the cache). True if it did."""
+        if self.cache is None or not self.rows:
+            return False
+        lengths = self.mask.sum(dim=1)  # [rows]
+        longest = int(lengths.max())
+        if self.width - longest <= max(16, slack * self.width):
+            return False
+        order = torch.argsort(self.mask, dim=1, stable=True)  # holes first, real ones last
+        index = order[:, -longest:]  # [rows, longest]: each row's real columns, in order
+        for layer in _layers(self.cache):
+            gather = index.to(layer.keys.device)[:, None, :, None].expand(
+                -1, layer.keys.shape[1], -1, layer.keys.shape[3])
+            layer.keys = layer.keys.gather(2, gather)
+            layer.values = layer.values.gather(2, gather)
+        self.mask = torch.gather(self.mask, 1, index)
+        return True
 
     def subset(self, index: torch.Tensor) -> DynamicCache:
         assert self.cache is not None
@@ -162,20 +269,20 @@ class RoundBatch:
             for layer in layers
         ])
 
-    def extend(self, pieces: list[tuple[list[int], DynamicCache]]) -> None:
-        """After forwarding subsets alone: append each subset's new column to its rows
-        (rows of no subset get a masked zero column; the caller drops them)."""
+    def extend(self, pieces: list[tuple[list[int], DynamicCache]], q: int) -> None:
+        """After forwarding subsets alone: append each subset's ``q`` new columns to its
+        rows (rows of no subset get masked zero columns; the caller drops them)."""
         assert self.cache is not None
         for li, layer in enumerate(_layers(self.cache)):
-            keys = layer.keys.new_zeros((*layer.keys.shape[:2], 1, layer.keys.shape[3]))
-            values = layer.values.new_zeros((*layer.values.shape[:2], 1, layer.values.shape[3]))
+            keys = layer.keys.new_zeros((*layer.keys.shape[:2], q, layer.keys.shape[3]))
+            values = layer.values.new_zeros((*layer.values.shape[:2], q, layer.values.shape[3]))
             for rows, cache in pieces:
                 index = torch.tensor(rows, dtype=torch.long, device=keys.device)
-                keys[index] = _layers(cache)[li].keys[..., -1:, :]
-                values[index] = _layers(cache)[li].values[..., -1:, :]
+                keys[index] = _layers(cache)[li].keys[..., -q:, :]
+                values[index] = _layers(cache)[li].values[..., -q:, :]
             layer.keys = torch.cat([layer.keys, keys], dim=-2)
             layer.values = torch.cat([layer.values, values], dim=-2)
-        fed = torch.zeros((len(self.rows), 1), dtype=torch.long)
+        fed = torch.zeros((len(self.rows), q), dtype=torch.long)
         for rows, _ in pieces:
             fed[rows] = 1
         self.mask = torch.cat([self.mask, fed], dim=1)

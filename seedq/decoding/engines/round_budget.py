@@ -1,9 +1,12 @@
 """The KV memory budget of the round batcher (``SEEDQ_ROUND_KV_MB``, 0 = unlimited).
 
-The round keeps ONE left-padded batched cache: ``rows x width`` positions per layer, where
-the width is the longest live row (columns that became padding for every row are trimmed).
-A row's cache grows by one position per step until it has committed its ``max_new_tokens``,
-so the round can grow to at most
+The round keeps its rows' KV either in ONE left-padded batched cache (``SEEDQ_ROUND_KV=
+dynamic``): ``rows x width`` positions per layer, where the width is the longest live row
+(columns that became padding for every row are trimmed); or in a preallocated slot cache
+(``slots``, the default): ``slots x capacity`` positions, grown on demand up to the rows'
+own bound below (:mod:`~seedq.decoding.engines.round_slots`). A row's cache grows by one
+position per step until it has committed its ``max_new_tokens``, so the round can grow to at
+most
 
     estimate = rows x max over rows of (cache length + remaining max_new_tokens)
                x per-token KV bytes (layers x 2 (K, V) x kv_heads x head_dim x dtype size)
@@ -13,8 +16,11 @@ admission checks: the head of the FCFS queue waits (the loop goes on decoding th
 it never spins) until the live rows plus its own fit; a group whose rows alone do not fit
 fails with a :class:`DecodingError` naming the setting. Not counted: transient copies (a
 join's per-sequence caches and the merged layer being built, ``DynamicCache``'s concatenation
-during a forward: up to one extra layer), activations and logits, and the prefix cache
-(``SEEDQ_PREFIX_CACHE_MB``). Observed KV bytes (the real tensors) and rows are kept as peaks.
+during a forward: up to one extra layer; a slot cache's reallocation: old and new side by
+side), activations and logits, and the prefix cache (``SEEDQ_PREFIX_CACHE_MB``); and, in a
+slot cache, the scratch positions of draft padding past a row's bound. Observed KV bytes
+(the real tensors, allocated slots and positions for a slot cache) and rows are kept as
+peaks.
 """
 
 from __future__ import annotations
@@ -27,10 +33,11 @@ import torch
 
 from seedq.decoding.engines.round_batch import _layers
 from seedq.decoding.models import LanguageModel
+from seedq.decoding.slot_cache import SlotCache
 from seedq.decoding.types import DecodingError
 
 if TYPE_CHECKING:
-    from seedq.decoding.engines.round_batch import RoundBatch, RoundGroup
+    from seedq.decoding.engines.round_batch import RoundGroup, RoundStorage
 
 MB = 1 << 20
 
@@ -52,10 +59,12 @@ def kv_bytes_per_token(model: LanguageModel) -> int:
     return layers * 2 * heads * int(head_dim) * size
 
 
-def cache_bytes(batch: RoundBatch) -> int:
-    """The bytes the round's cache tensors hold now."""
+def cache_bytes(batch: RoundStorage) -> int:
+    """The bytes the round's cache tensors hold now (a slot cache: all it allocated)."""
     if batch.cache is None:
         return 0
+    if isinstance(batch.cache, SlotCache):
+        return batch.cache.bytes
     return sum(int(layer.keys.nbytes) + int(layer.values.nbytes)
                for layer in _layers(batch.cache))
 
@@ -89,7 +98,7 @@ class KvBudget:
                               for i, prompt in enumerate(request.prompts)]
         return group.kv_spans
 
-    def estimate(self, batch: RoundBatch, spans: list[int]) -> int:
+    def estimate(self, batch: RoundStorage, spans: list[int]) -> int:
         """Bytes the round can grow to with the live rows plus rows of ``spans``."""
         live = [row.position + max(row.state.remaining, 0) for row in batch.rows]
         rows = len(live) + len(spans)
@@ -97,7 +106,7 @@ class KvBudget:
             return 0
         return rows * max([batch.width, *live, *spans]) * self.per_token
 
-    def check(self, batch: RoundBatch, group: RoundGroup) -> bool:
+    def check(self, batch: RoundStorage, group: RoundGroup) -> bool:
         """True if the group fits with the live rows now; False if it must wait; raises if
         it can never fit (its rows alone exceed the budget)."""
         if not self.limit:
@@ -111,7 +120,7 @@ class KvBudget:
                 f"{self.limit / MB:g}; raise the setting or lower max_new_tokens / the group")
         return self.estimate(batch, spans) <= self.limit
 
-    def observe(self, batch: RoundBatch, stats: KvStats) -> None:
+    def observe(self, batch: RoundStorage, stats: KvStats) -> None:
         """Record the round's KV bytes and rows now, in the stats and in each live group."""
         used, rows = cache_bytes(batch), len(batch.rows)
         stats.peak_kv_bytes = max(stats.peak_kv_bytes, used)

@@ -1,18 +1,24 @@
-"""The round batcher: continuous batching of ``batch`` groups across every caller.
+"""The round batcher: continuous batching of ``batch`` and ``auto`` groups across every
+caller.
 
 One long-lived loop per loaded target (held by the :class:`~seedq.decoding.target.TargetHub`
 like the SeeD scheduler) decodes the groups of all concurrent callers (the trees of a
 worker's round) together. Groups are admitted first-come-first-served between forwards:
 their prompts are prefilled (:func:`prepare_group`, through the prefix cache, then one
 batched forward of the per-sequence suffixes) and their sequences join the round's rows
-(:class:`RoundBatch`). Each step is ONE target forward of one pending token for every live
-row of every group; each row then samples and commits its token with its own generator
+(``SEEDQ_ROUND_KV``: preallocated slots written in place, :class:`SlotRoundBatch`, or the
+older left-padded ``DynamicCache``, :class:`RoundBatch`). Each step is ONE target forward of
+every live row of every group: its pending token, plus the draft chain that
+:mod:`~seedq.decoding.engines.round_speculation` plans for rows of ``auto`` groups where it
+pays (verified by the exact speculative rule in the same forward); each row then samples and
+commits its token(s) with its own generator
 (:func:`commit_token`, shared with the per-group ``batch`` engine, so the tokens do not
 depend on who shared the forward); finished sequences leave at once, and a group's future
 resolves when its last sequence finishes.
 
-``SEEDQ_ROUND_TOKEN_BUDGET`` (default 64) bounds the tokens (= rows) of a forward: the head
-of the FCFS queue waits until its sequences fit (a group bigger than the budget runs alone).
+``SEEDQ_ROUND_TOKEN_BUDGET`` (default 64) bounds the tokens of a forward: the head of the
+FCFS queue waits until its sequences fit as rows (a group bigger than the budget runs
+alone), and ``auto``'s draft tokens are planned within what the rows leave.
 ``SEEDQ_ROUND_KV_MB`` (0 = unlimited) bounds the round's estimated KV bytes the same way; a
 group over it alone fails (:mod:`~seedq.decoding.engines.round_budget`).
 
@@ -20,6 +26,7 @@ Nothing a caller does stops the loop: a cancelled group is dropped at the next s
 resolving a cancelled future is harmless, an error fails only the group at fault (a failed
 batched forward is retried one group at a time, a failed commit fails its own group).
 Every forward holds the hub's target lock, so no other engine runs on the target meanwhile.
+Peaks per idle-to-idle round: :mod:`~seedq.decoding.engines.round_records`.
 """
 
 from __future__ import annotations
@@ -42,8 +49,10 @@ from seedq.decoding.batching import RowInput, forward_rows
 from seedq.decoding.engines import lanes
 from seedq.decoding.engines.base import MemoryMeter, Runtime, prepare_group
 from seedq.decoding.engines.batch import commit_token
-from seedq.decoding.engines.round_batch import RoundBatch, RoundGroup, Row
-from seedq.decoding.engines.round_budget import KvBudget, KvStats
+from seedq.decoding.engines.round_batch import RoundGroup, RoundStorage, Row, new_round_batch
+from seedq.decoding.engines.round_budget import KvBudget, KvStats, cache_bytes
+from seedq.decoding.engines.round_records import RoundLog
+from seedq.decoding.engines.round_speculation import Planned, RoundSpeculation
 from seedq.decoding.engines.seed_groups import reject, resolve
 from seedq.decoding.types import DecodingError, GroupRequest, GroupResult
 
@@ -68,6 +77,10 @@ class RoundStats(KvStats):
     joined_mid_round: int = 0  # groups admitted while other groups' rows were live
     left_mid_round: int = 0  # groups finished while other groups' rows stayed live
     failed_batches: int = 0  # batched forwards retried group by group
+    tokens: int = 0  # tokens fed over all forwards (rows + draft tokens)
+    drafted: int = 0  # draft tokens verified (auto groups)
+    accepted: int = 0  # of those, accepted
+    compactions: int = 0  # times the cache's holes were squeezed out
 
 
 class RoundBatcher:
@@ -83,32 +96,46 @@ class RoundBatcher:
         self.busy_seconds = 0.0
         self._inbox: queue.Queue[object] = queue.Queue()
         self._waiting: deque[RoundGroup] = deque()
-        self._batch = RoundBatch()
+        self._batch: RoundStorage = new_round_batch()
         self._open: set[RoundGroup] = set()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._cores = torch.get_num_threads()
+        self.speculation = RoundSpeculation(runtime.target, self.budget)
+        self.records = RoundLog(MemoryMeter(runtime.target.device))  # peaks per round
 
     # -- public -------------------------------------------------------------------------
     @property
     def open_groups(self) -> int:
         return len(self._open)
 
-    def submit(self, request: GroupRequest, runtime: Runtime | None = None
-               ) -> Future[GroupResult]:
+    def submit(self, request: GroupRequest, runtime: Runtime | None = None,
+               speculate: bool = False) -> Future[GroupResult]:
+        """Queue a group; ``speculate``: an ``auto`` group, whose rows draft with its
+        runtime's drafter when the plan says it pays."""
         runtime = runtime or self.runtime
         if runtime.target is not self.runtime.target:
             raise ValueError("a round group must use this batcher's target")
         self._ensure_started()
         group = RoundGroup(request=request, runtime=runtime, future=Future(),
-                           meter=MemoryMeter(runtime.target.device))
+                           meter=MemoryMeter(runtime.target.device),
+                           speculate=speculate and runtime.drafter is not None)
         self._open.add(group)
         group.future.add_done_callback(lambda _: self._open.discard(group))
         self._inbox.put(group)
         return group.future
 
-    def run(self, request: GroupRequest, runtime: Runtime | None = None) -> GroupResult:
-        return self.submit(request, runtime).result()
+    def calibrate(self, runtime: Runtime) -> None:
+        """Measure the forward-cost curve now (a worker's start) instead of at the first
+        ``auto`` group; once per model."""
+        with self.target_lock, torch.inference_mode():
+            began = time.perf_counter()
+            self.speculation.calibrate(runtime.drafter, runtime.config.gamma)
+            log.info("auto: cost model measured in %.1fs", time.perf_counter() - began)
+
+    def run(self, request: GroupRequest, runtime: Runtime | None = None,
+            speculate: bool = False) -> GroupResult:
+        return self.submit(request, runtime, speculate).result()
 
     def close(self) -> None:
         with self._start_lock:
@@ -144,7 +171,9 @@ class RoundBatcher:
                 self._guarded(self._batch.groups(), self._admit_waiting)
                 if self._batch.rows:
                     self._guarded(self._batch.groups(), self._step)
-        self._batch = RoundBatch()
+                if not self._batch.rows and not self._waiting:
+                    self.records.idle()  # the round is over: its peaks are kept and logged
+        self._batch = new_round_batch()
         self._waiting.clear()
 
     def _take_arrivals(self) -> bool:
@@ -173,7 +202,7 @@ class RoundBatcher:
                       exc_info=exc)
             for group in groups:
                 reject(group.future, exc)
-            self._batch = RoundBatch()
+            self._batch = new_round_batch()
 
     # -- admission ----------------------------------------------------------------------
     def _admit_waiting(self) -> None:
@@ -212,6 +241,9 @@ class RoundBatcher:
             began = time.perf_counter()
             group.busy_at_start = self.busy_seconds
             try:
+                if group.speculate:  # measured once per model, on the first auto group
+                    self.speculation.calibrate(group.runtime.drafter,
+                                               group.runtime.config.gamma)
                 group.states = prepare_group(group.runtime, group.request)
                 inputs = [RowInput(s.pending(s.target), s.target, need=1) for s in group.states]
                 logits = forward_rows(self.runtime.target, inputs)
@@ -230,48 +262,84 @@ class RoundBatcher:
                 state.target.cache = kvcache.new_cache()  # the round holds its KV now
         group.unfinished = len(rows)
         group.meter.sample()
+        self.records.admitted()
         if rows:
             self._batch.join(rows, caches)
             self.kv.observe(self._batch, self.stats)
+            self.records.observe(cache_bytes(self._batch), len(self._batch.rows), forward=True)
         else:
             self._finish(group)
 
     # -- decoding -----------------------------------------------------------------------
     def _step(self) -> None:
-        """One forward of every live row, then each row commits its token."""
+        """One forward of every live row (its pending token and its draft, if the plan
+        gives it one), then each row commits its tokens."""
         self._drop(lambda row: row.group.future.done())  # cancelled or failed groups
         if not self._batch.rows:
             return
         groups = self._batch.groups()
+        plans = self._plan()
+        feeds = self._batch.feeds([p.tree.tokens if p.tree else [] for p in plans])
         with self.target_lock:
             began = time.perf_counter()
             try:
-                logits = self._forward(groups)
+                logits = self._forward(groups, feeds)
             finally:
                 elapsed = time.perf_counter() - began
                 self.busy_seconds += elapsed
-        self._count(groups, elapsed)
+        tokens = sum(len(feed) for feed in feeds)
+        self.speculation.observe_forward(tokens, elapsed)
+        self._count(groups, elapsed, tokens)
         self.kv.observe(self._batch, self.stats)
+        self.records.observe(cache_bytes(self._batch), len(self._batch.rows), forward=True)
+        kept = self._commit(plans, logits)
+        self._batch.settle(kept, max(len(feed) for feed in feeds))
+        self.stats.compactions += self._batch.compact()
+        self._leave()
+
+    def _plan(self) -> list[Planned]:
+        """The rows' drafts; a failed draft costs its step the speculation, not the rows."""
+        try:
+            return self.speculation.plan(self._batch.rows)
+        except Exception as exc:
+            log.warning("round batcher: drafting failed (%s); decoding without drafts", exc)
+            for row in self._batch.rows:
+                self.speculation.rewind(row)
+            return [Planned() for _ in self._batch.rows]
+
+    def _commit(self, plans: list[Planned], logits: list[torch.Tensor | None]) -> list[int]:
+        """Each row commits its token(s); returns the new columns each row keeps."""
         failed: set[RoundGroup] = set()
-        for row, row_logits in zip(self._batch.rows, logits, strict=True):
+        kept = [1] * len(plans)
+        for i, (row, plan, row_logits) in enumerate(
+                zip(self._batch.rows, plans, logits, strict=True)):
             if row_logits is None or row.group in failed:
                 continue
             try:
-                row.token = commit_token(row.group.runtime, row.state, row_logits)
+                if plan.tree is not None:
+                    accepted = self.speculation.settle(row, plan, row_logits)
+                    self.stats.drafted += len(plan.tree)
+                    self.stats.accepted += accepted
+                else:
+                    row.token = commit_token(row.group.runtime, row.state, row_logits[0])
+                    self.speculation.shadow(row, plan, row.token)
+                    accepted = 0
             except Exception as exc:
                 log.error("round batcher: committing a token failed", exc_info=exc)
                 failed.add(row.group)
                 reject(row.group.future, exc)
                 continue
-            row.position += 1
-            row.state.target.length += 1
-        self._leave()
+            kept[i] = 1 + accepted
+            row.position += kept[i]
+            row.state.target.length += kept[i]
+        return kept
 
-    def _forward(self, groups: list[RoundGroup]) -> list[torch.Tensor | None]:
+    def _forward(self, groups: list[RoundGroup], feeds: list[list[int]]
+                 ) -> list[torch.Tensor | None]:
         """Logits per row; when the batched forward fails, each group is run alone and a
         group whose forward fails again is failed (its rows get None)."""
         try:
-            return list(self._batch.forward(self.runtime.target))
+            return list(self._batch.forward(self.runtime.target, [f[1:] for f in feeds]))
         except Exception as exc:
             if len(groups) == 1:
                 raise
@@ -283,7 +351,7 @@ class RoundBatcher:
         for group in groups:
             indices = [i for i, row in enumerate(self._batch.rows) if row.group is group]
             try:
-                logits, cache = self._batch.forward_subset(self.runtime.target, indices)
+                logits, cache = self._batch.forward_subset(self.runtime.target, indices, feeds)
             except Exception as exc:
                 log.error("round batcher: a group's forward failed", exc_info=exc)
                 reject(group.future, exc)
@@ -291,13 +359,14 @@ class RoundBatcher:
             pieces.append((indices, cache))
             for i, row_logits in zip(indices, logits, strict=True):
                 out[i] = row_logits
-        self._batch.extend(pieces)
+        self._batch.extend(pieces, max(len(feed) for feed in feeds))
         return out
 
-    def _count(self, groups: list[RoundGroup], seconds: float) -> None:
+    def _count(self, groups: list[RoundGroup], seconds: float, tokens: int) -> None:
         rows = self._batch.rows
         self.stats.forwards += 1
         self.stats.rows += len(rows)
+        self.stats.tokens += tokens
         if len(groups) > 1:
             self.stats.mixed_forwards += 1
             for group in groups:
@@ -325,7 +394,7 @@ class RoundBatcher:
 
     def _finish(self, group: RoundGroup) -> None:
         result = group.result(
-            self.name, self.busy_seconds,
+            "auto" if group.speculate else self.name, self.busy_seconds,
             round_mixed_forwards=float(group.mixed_forwards),
             round_peak_kv_bytes=float(group.peak_kv_bytes),
             round_peak_rows=float(group.peak_rows),

@@ -13,7 +13,13 @@ import torch
 
 from seedq.decoding import kvcache
 from seedq.decoding.batching import RowInput, forward_rows
-from seedq.decoding.engines.base import MemoryMeter, Runtime, group_result, prepare_group
+from seedq.decoding.engines.base import (
+    MemoryMeter,
+    Runtime,
+    group_result,
+    prepare_group,
+    store_prompts,
+)
 from seedq.decoding.sampling import warp_probs
 from seedq.decoding.sequence import SequenceState
 from seedq.decoding.speculative import Verdict, verify_tree
@@ -48,12 +54,16 @@ def decide(
 
 
 def commit(runtime: Runtime, state: SequenceState, tree: DraftTree, verdict: Verdict) -> None:
-    """Roll the caches back to the accepted path and append the new tokens."""
+    """Roll the caches back to the accepted path and append the new tokens; the first
+    commit of a sequence stores its whole prompt in the prefix caches."""
+    first = state.target.length < len(state.prompt_ids)  # this verification fed its rest
     base = state.target.length + len(state.pending(state.target))
     kvcache.keep_slots(state.target.cache, base, [base + n for n in verdict.accepted_nodes])
     state.target.length = base + len(verdict.accepted_nodes)
     if runtime.drafter is not None:
         runtime.drafter.accept(state, verdict)
+    if first:  # (the draft cache too, when drafting fed it the whole prompt)
+        store_prompts(runtime, [state])
     state.metrics.target_forwards += 1
     new_tokens = tree.path_tokens(list(verdict.accepted_nodes)) + [verdict.next_token]
     before = len(state.output_ids)

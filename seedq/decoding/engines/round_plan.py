@@ -1,0 +1,183 @@
+"""How long a draft each row of a round gets: the ``auto`` engine's cost model, its
+online acceptance estimates, and the pure planning rule between them.
+
+The cost of one target forward is modelled as ``a + b * N`` seconds for ``N`` tokens in the
+forward (all rows, pending token plus draft tokens). :func:`calibrate` measures it at start
+(a small grid of rows x tokens over a real KV cache on this device); :class:`ForwardCost`
+then refits it online from every forward the round runs (decayed least squares seeded by
+the calibration), so a loaded machine or a GPU's flat curve is followed as it changes.
+
+Acceptance ``alpha`` (the chance that a draft token is accepted given the ones before it
+were) is tracked per label (task/role of the group) and per row (:class:`Acceptance`); with
+a chain of ``g`` draft tokens a row commits ``1 + alpha + ... + alpha^g`` tokens on average.
+
+:func:`plan_lengths` adds draft tokens one at a time, best expected gain first, while the
+round's expected committed tokens per second still rise; ``0`` everywhere is plain batched
+decoding. Output stays lossless whatever it picks: every draft is verified exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from seedq.decoding import kvcache
+from seedq.decoding.engines.batch import attention_mask
+from seedq.decoding.models import LanguageModel
+
+PRIOR_WEIGHT = 4.0  # the calibration's weight against decaying observations
+DECAY = 0.97  # per observed forward
+
+
+@dataclass
+class ForwardCost:
+    """``seconds(N) = a + b * N``, refitted online. Observations decay so the fit follows
+    the machine; the calibration points never vanish, so it cannot drift to nonsense."""
+
+    a: float
+    b: float
+    _prior: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0, 0.0)
+    _seen: list[float] = field(default_factory=lambda: [0.0] * 5)
+
+    @classmethod
+    def fit(cls, points: list[tuple[int, float]]) -> ForwardCost:
+        """Least squares over (tokens, seconds) points (the calibration grid)."""
+        sums = _sums(points, PRIOR_WEIGHT / max(len(points), 1))
+        a, b = _solve(sums, fallback=(min(s for _, s in points), 0.0))
+        return cls(a, b, sums)
+
+    def seconds(self, tokens: int) -> float:
+        return self.a + self.b * tokens
+
+    def observe(self, tokens: int, seconds: float) -> None:
+        self._seen = [value * DECAY for value in self._seen]
+        for i, value in enumerate(_sums([(tokens, seconds)], 1.0)):
+            self._seen[i] += value
+        merged = tuple(p + s for p, s in zip(self._prior, self._seen, strict=True))
+        self.a, self.b = _solve(merged, fallback=(self.a, self.b))
+
+
+def _sums(points: list[tuple[int, float]], weight: float) -> tuple[float, ...]:
+    """Weighted sums (w, wN, wN^2, wS, wNS) of the normal equations."""
+    return (weight * len(points), weight * sum(n for n, _ in points),
+            weight * sum(n * n for n, _ in points), weight * sum(s for _, s in points),
+            weight * sum(n * s for n, s in points))
+
+
+def _solve(sums: tuple[float, ...], fallback: tuple[float, float]) -> tuple[float, float]:
+    w, wn, wnn, ws, wns = sums
+    det = w * wnn - wn * wn
+    if w <= 0 or det <= 1e-12 * max(w * wnn, 1e-30):
+        return fallback
+    b = (w * wns - wn * ws) / det
+    a = (ws - b * wn) / w
+    return max(a, 1e-7), max(b, 0.0)
+
+
+@dataclass
+class Acceptance:
+    """Online acceptance per label, and per row blended with its label's estimate."""
+
+    prior: float = 0.5
+    strength: float = 8.0  # trials a row needs before its own rate outweighs its label's
+    labels: dict[str, tuple[float, float]] = field(default_factory=dict)  # accepted, trials
+
+    def record(self, label: str, accepted: int, drafted: int) -> tuple[int, int]:
+        """One verified chain: ``accepted`` of ``drafted`` tokens kept. Returns the
+        (successes, trials) it adds: a chain stops at its first rejection."""
+        trials = min(accepted + 1, drafted)
+        old_hits, old_trials = self.labels.get(label, (0.0, 0.0))
+        self.labels[label] = (old_hits * 0.995 + accepted, old_trials * 0.995 + trials)
+        return accepted, trials
+
+    def of_label(self, label: str) -> float:
+        hits, trials = self.labels.get(label, (0.0, 0.0))
+        return (hits + self.prior * self.strength) / (trials + self.strength)
+
+    def of_row(self, label: str, hits: float, trials: float) -> float:
+        return (hits + self.of_label(label) * self.strength) / (trials + self.strength)
+
+
+@dataclass(frozen=True)
+class DraftCost:
+    """Seconds a draft adds to a step: ``per_depth`` per draft forward (one per depth of
+    the longest chain) plus ``per_token`` per drafted token. Zero for prompt lookup."""
+
+    per_depth: float = 0.0
+    per_token: float = 0.0
+
+
+def plan_lengths(alphas: list[float | None], caps: list[int], cost: ForwardCost,
+                 draft: DraftCost = DraftCost(), max_tokens: int | None = None) -> list[int]:
+    """Draft length per row maximising expected committed tokens per second of the step.
+
+    alphas: per row its acceptance estimate, None for a row that never speculates;
+    caps:   per row the longest draft it may get (remaining budget, lookup length).
+    Every row commits one token for sure; the j-th draft token of row b adds alpha_b^j
+    expected tokens at ``cost.b + draft.per_token`` seconds (plus ``draft.per_depth`` for
+    each depth the longest chain reaches). ``max_tokens`` caps the forward's tokens (rows
+    plus draft tokens: the round's token budget)."""
+    rows = len(alphas)
+    best = [0] * rows
+    if rows == 0:
+        return best
+    best_rate = rows / cost.seconds(rows)
+    for depth in range(1, max([0, *caps]) + 1):
+        lengths, gain, extra = [0] * rows, 0.0, 0
+        gains = sorted(((alpha ** j, b) for b, alpha in enumerate(alphas) if alpha is not None
+                        for j in range(1, min(caps[b], depth) + 1)), reverse=True)
+        seconds = cost.seconds(rows) + draft.per_depth * depth
+        room = len(gains) if max_tokens is None else max(0, max_tokens - rows)
+        for value, b in gains[:room]:  # alpha^j falls with j: each row's picks stay a prefix
+            step = cost.b + draft.per_token
+            if (rows + gain + value) / (seconds + (extra + 1) * step) <= (rows + gain) / (
+                    seconds + extra * step):
+                break
+            lengths[b] += 1
+            gain += value
+            extra += 1
+        rate = (rows + gain) / (seconds + extra * (cost.b + draft.per_token))
+        if rate > best_rate * (1 + 1e-9) and max(lengths) == depth:
+            best, best_rate = lengths, rate
+    return best
+
+
+def calibrate(model: LanguageModel, max_rows: int, max_tokens: int, kv_length: int = 192,
+              repeats: int = 2) -> ForwardCost:
+    """Time target forwards of rows x tokens over a ``kv_length`` cache (random ids): the
+    corners of the grid the round works in, fastest of ``repeats`` each."""
+    rows_grid = sorted({1, max(1, min(max_rows, 8))})
+    tokens_grid = sorted({1, max(1, min(max_tokens, 8))})
+    generator = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, model.vocab_size, (1, kv_length), generator=generator)
+    base = kvcache.new_cache()
+    model.forward_chain(prompt[0].tolist(), base, keep=1)
+    points = []
+    for rows in rows_grid:
+        for tokens in tokens_grid:
+            points.append((rows * tokens, _time_forward(model, base, rows, tokens, kv_length,
+                                                        repeats)))
+    if len(points) == 1:  # one row, one token: no slope to measure
+        points.append((2, points[0][1]))
+    return ForwardCost.fit(points)
+
+
+def _time_forward(model: LanguageModel, base: object, rows: int, tokens: int, kv_length: int,
+                  repeats: int) -> float:
+    cache = kvcache.clone(base)  # type: ignore[arg-type]
+    cache.batch_repeat_interleave(rows)
+    ids = torch.zeros((rows, tokens), dtype=torch.long).to(model.device)
+    positions = torch.arange(kv_length, kv_length + tokens).repeat(rows, 1).to(model.device)
+    mask = attention_mask(torch.ones((rows, kv_length + tokens), dtype=torch.long), tokens)
+    best = math.inf
+    for _ in range(repeats):
+        began = time.perf_counter()
+        model.forward(ids, cache, mask, positions, keep=tokens)  # the model moves the mask
+        if model.device.type == "cuda":
+            torch.cuda.synchronize(model.device)
+        best = min(best, time.perf_counter() - began)
+        kvcache.crop(cache, kv_length)
+    return best
