@@ -66,6 +66,25 @@ def _env_float(env: Mapping[str, str], name: str, default: float, low: float) ->
     return value
 
 
+def check_decoding_env(env: Mapping[str, str]) -> None:
+    """The decoding engines read these variables where they are used (the prefix cache, the
+    round batcher, the SeeD lanes); they are checked here, when the settings are read, so a
+    bad value is one error naming the variable at start instead of a failure at first use."""
+    _env_float(env, "SEEDQ_PREFIX_CACHE_MB", 0.0, 0.0)
+    _env_int(env, "SEEDQ_ROUND_TOKEN_BUDGET", 1, 1)
+    _env_float(env, "SEEDQ_ROUND_KV_MB", 0.0, 0.0)
+    _env_int(env, "SEEDQ_PREFILL_CHUNK", 0, 0)
+    choices = {"SEEDQ_ROUND_KV": ("slots", "dynamic"), "SEEDQ_ROUND_BATCHER": ("0", "1")}
+    for name, allowed in choices.items():
+        raw = env.get(name)
+        if raw not in (None, "", *allowed):
+            raise SettingsError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+    threads = env.get("SEEDQ_SEED_THREADS")
+    if threads and not re.fullmatch(r"\d+,\d+", threads.strip()):
+        raise SettingsError("SEEDQ_SEED_THREADS must be VERIFIER,DRAFTER thread counts "
+                            f"like 2,1, got {threads!r}")
+
+
 def _env_str(env: Mapping[str, str], name: str, default: str | None) -> str | None:
     raw = env.get(name)
     return default if raw is None or raw == "" else raw
@@ -135,6 +154,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read ``SEEDQ_*`` variables (``os.environ`` by default)."""
         env = os.environ if env is None else env
+        check_decoding_env(env)
         heartbeat = _env_float(env, "SEEDQ_HEARTBEAT_SECONDS", cls.heartbeat_seconds, 0.05)
         default_ttl = max(cls.heartbeat_ttl, int(heartbeat * 4) + 1)
         return cls(

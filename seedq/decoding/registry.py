@@ -135,6 +135,15 @@ class OptionNotApplicable(DecodingError):
         super().__init__(f"{flag_of(field)} {self.reason}")
 
 
+class ConflictingOptions(OptionNotApplicable):
+    """Two explicitly given options that contradict each other."""
+
+    def __init__(self, field: str, other: str, why: str) -> None:
+        self.field = field
+        self.reason = f"cannot be given together with {flag_of(other)} ({why})"
+        DecodingError.__init__(self, f"{flag_of(field)} {self.reason}")
+
+
 def parse_k_config(text: str) -> tuple[int, ...]:
     """``"2,1,1"`` -> ``(2, 1, 1)`` (the one parser of ``--k-config``; ranges are
     EngineConfig's); raises ``ValueError`` with a message naming the expected form."""
@@ -163,11 +172,17 @@ def users_of(field: str) -> tuple[str, ...]:
 
 def check_applicable(engine: str, given: Iterable[str]) -> None:
     """Refuse the explicitly ``given`` options that ``engine`` does not use (the first one
-    raises :class:`OptionNotApplicable`); names that are not speculation options are skipped."""
+    raises :class:`OptionNotApplicable`), and ``gamma`` given together with ``k_config``
+    (:class:`ConflictingOptions`: the tree would win silently); names that are not
+    speculation options are skipped."""
     spec = get(engine)
+    given = list(given)
     for field in given:
         if field in OPTIONS and field not in spec.options:
             raise OptionNotApplicable(field, engine)
+    if "gamma" in given and "k_config" in given:
+        raise ConflictingOptions("gamma", "k_config",
+                                 "a k-config draft tree replaces the chain of gamma tokens")
 
 
 def canonical(config: EngineConfig) -> EngineConfig:

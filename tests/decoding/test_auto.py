@@ -65,10 +65,10 @@ def submit_staggered(monkeypatch: pytest.MonkeyPatch,
     hold = Hold()
     real = rounds.prepare_group
 
-    def held(runtime: Any, request: GroupRequest) -> Any:
+    def held(runtime: Any, request: GroupRequest, *chunks: Any) -> Any:
         if request is jobs[0][1]:
             hold.stop_here()
-        return real(runtime, request)
+        return real(runtime, request, *chunks)
 
     monkeypatch.setattr(rounds, "prepare_group", held)
     futures = []
@@ -106,6 +106,37 @@ def test_greedy_identical_to_ar_while_groups_join_and_leave(
         drafted = sum(s.metrics.drafted_tokens for r in results for s in r.sequences)
         assert drafted == stats.drafted
     assert lookup.rounds.open_groups == 0
+
+
+@pytest.mark.parametrize("chunk", [0, 3])
+def test_live_rows_decode_between_the_chunks_of_a_long_prefill(
+    chunk: int, target: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group with a long prompt joins while others decode: with chunks its prefill is
+    split and the live rows take a decode step between two chunks; the output is ``ar``'s."""
+    monkeypatch.setenv("SEEDQ_PREFILL_CHUNK", str(chunk))
+    monkeypatch.setenv("SEEDQ_PREFIX_CACHE_MB", "0")  # every prefill encoded in full
+    auto = make(EngineConfig(engine="auto", target="tiny"), target, None)
+    batch = generator_from_models(EngineConfig(engine="batch", target="tiny"), target, None,
+                                  hub=auto.hub)
+    long_prompt = " ".join(PROMPTS)
+    jobs = [(batch, GroupRequest(PROMPTS[:2], SamplingParams(max_new_tokens=30))),
+            (auto, GroupRequest((long_prompt,) * 2, SamplingParams(max_new_tokens=12))),
+            (batch, GroupRequest((PROMPTS[6] + " " + PROMPTS[3],),
+                                 SamplingParams(max_new_tokens=8)))]
+    try:
+        expected = [ar_tokens(target, r) for _, r in jobs]
+        results = [f.result(timeout=WAIT) for f in submit_staggered(monkeypatch, jobs)]
+        assert [tokens(r) for r in results] == expected
+        stats = auto.rounds.stats  # type: ignore[union-attr]
+        if chunk:
+            assert stats.prefill_chunks >= len(target.tokenizer.encode(long_prompt)) // chunk - 2
+            assert stats.steps_between_chunks > 0
+        else:
+            assert stats.prefill_chunks == stats.steps_between_chunks == 0
+        assert stats.longest_stall > 0
+    finally:
+        auto.close()
 
 
 @pytest.mark.parametrize("draft", ["ngram", "tiny-draft"])

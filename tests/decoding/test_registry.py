@@ -74,7 +74,7 @@ def test_explicit_options_an_engine_does_not_use_are_refused(
     with pytest.raises(registry.OptionNotApplicable, match=f"{flag} does not apply to engine "
                        f"'{engine}' \\(only to {users}\\)"):
         registry.check_applicable(engine, [field])
-    registry.check_applicable("seed", registry.OPTIONS)  # seed uses them all
+    registry.check_applicable("seed", [o for o in registry.OPTIONS if o != "gamma"])
     with pytest.raises(engines.EngineOptionError, match=f"{flag}: does not apply"):
         engines.normalize({"engine": engine, field: (2, 1) if field == "k_config" else 2})
 
@@ -109,3 +109,15 @@ def test_draft_shape_follows_the_registry() -> None:
     assert shape(engine="mcsd", k_config=(3,), mcsd_rule="with") == DraftShape((3,), True)
     assert shape(engine="seed", gamma=2) == DraftShape.chain(2)
     assert shape(engine="seed", k_config=(2, 1)) == DraftShape((2, 1), False)
+
+
+def test_gamma_and_k_config_together_are_refused() -> None:
+    """A k-config tree replaces the chain of gamma tokens: both given is an error, not a
+    silent choice."""
+    message = "--gamma cannot be given together with --k-config"
+    with pytest.raises(registry.ConflictingOptions, match=message):
+        registry.check_applicable("seed", ["gamma", "k_config"])
+    with pytest.raises(engines.EngineOptionError, match="--gamma: cannot be given together"):
+        engines.normalize({"engine": "seed", "gamma": 3, "k_config": (2, 1)})
+    registry.check_applicable("seed", ["k_config", "verify_batch"])
+    registry.check_applicable("seed", ["gamma", "draft_batch"])

@@ -73,10 +73,10 @@ def submit_staggered(monkeypatch: pytest.MonkeyPatch,
     hold = Hold()
     real = rounds.prepare_group
 
-    def held(runtime: Any, request: GroupRequest) -> Any:
+    def held(runtime: Any, request: GroupRequest, *chunks: Any) -> Any:
         if request is jobs[0][1]:
             hold.stop_here()
-        return real(runtime, request)
+        return real(runtime, request, *chunks)
 
     monkeypatch.setattr(rounds, "prepare_group", held)
     first = jobs[0][0]

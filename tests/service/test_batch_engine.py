@@ -42,11 +42,11 @@ def _stored_engine(services: Services, batch: str) -> Any:
 def test_submit_stores_engine_options(services: Services, tmp_path: Path) -> None:
     env = env_for(services.settings)
     path = _file(tmp_path, "in.jsonl", 2)
-    flags = ["--engine", "seed", "--verify-batch", "2", "--k-config", "2,1,1", "--gamma", "3"]
+    flags = ["--engine", "seed", "--verify-batch", "2", "--k-config", "2,1,1", "--draft-batch", "3"]
     res = CliRunner().invoke(main, ["submit", str(path), *flags], env=env)
     assert res.exit_code == 0, res.output
     batch = res.output.strip().splitlines()[-1]
-    want = {"engine": "seed", "gamma": 3, "k_config": [2, 1, 1], "verify_batch": 2}
+    want = {"engine": "seed", "k_config": [2, 1, 1], "verify_batch": 2, "draft_batch": 3}
     assert f"engine options {json.dumps(want)}" in res.output
     assert _stored_engine(services, batch) == want
     res = CliRunner().invoke(main, ["status", batch, "--json"], env=env)
@@ -70,6 +70,8 @@ def test_submit_stores_engine_options(services: Services, tmp_path: Path) -> Non
         (["--engine", "ar", "--gamma", "4"], "--gamma", "does not apply to engine 'ar'"),
         (["--engine", "sd", "--verify-batch", "2"], "--verify-batch", "only to seed"),
         (["--gamma", "3"], "--gamma", "give --engine too"),
+        (["--engine", "seed", "--gamma", "3", "--k-config", "2,1"], "--gamma",
+         "cannot be given together with --k-config"),
     ],
 )
 def test_bad_engine_options_are_refused_naming_the_flag(

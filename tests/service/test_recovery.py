@@ -153,3 +153,24 @@ def test_settings_from_env() -> None:
         Settings.from_env({"SEEDQ_ROUND_SIZE": "zero"})
     with pytest.raises(SettingsError, match="SEEDQ_HEARTBEAT_TTL"):
         Settings.from_env({"SEEDQ_HEARTBEAT_SECONDS": "5", "SEEDQ_HEARTBEAT_TTL": "5"})
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("SEEDQ_PREFIX_CACHE_MB", "lots", "SEEDQ_PREFIX_CACHE_MB must be a number"),
+    ("SEEDQ_PREFIX_CACHE_MB", "-1", "SEEDQ_PREFIX_CACHE_MB must be >= 0"),
+    ("SEEDQ_ROUND_TOKEN_BUDGET", "0", "SEEDQ_ROUND_TOKEN_BUDGET must be >= 1"),
+    ("SEEDQ_ROUND_KV_MB", "1GB", "SEEDQ_ROUND_KV_MB must be a number"),
+    ("SEEDQ_PREFILL_CHUNK", "-5", "SEEDQ_PREFILL_CHUNK must be >= 0"),
+    ("SEEDQ_ROUND_KV", "paged", "SEEDQ_ROUND_KV must be one of slots, dynamic"),
+    ("SEEDQ_ROUND_BATCHER", "yes", "SEEDQ_ROUND_BATCHER must be one of 0, 1"),
+    ("SEEDQ_SEED_THREADS", "2", "SEEDQ_SEED_THREADS must be VERIFIER,DRAFTER"),
+])
+def test_decoding_variables_are_checked_with_the_settings(name: str, value: str,
+                                                          message: str) -> None:
+    """Read deep in the decoding code, but checked when the settings are read."""
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env({name: value})
+    good = {"SEEDQ_PREFIX_CACHE_MB": "64", "SEEDQ_ROUND_TOKEN_BUDGET": "32",
+            "SEEDQ_ROUND_KV_MB": "0.5", "SEEDQ_ROUND_KV": "dynamic",
+            "SEEDQ_ROUND_BATCHER": "0", "SEEDQ_SEED_THREADS": "1,1"}
+    Settings.from_env(good)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -55,30 +55,51 @@ def shared_prefix_length(prompts: Sequence[list[int]]) -> int:
     return length
 
 
-def encode_prefix(model: LanguageModel, tokens: list[int], prefix: PrefixCache | None = None
-                  ) -> tuple[DynamicCache, int]:
+@dataclass(frozen=True)
+class Chunks:
+    """Prefill in chunks of ``size`` tokens, calling ``between()`` between two chunks (the
+    round batcher decodes its live rows there, so they never wait behind a long prefill)."""
+
+    size: int
+    between: Callable[[], None]
+
+
+def feed_chain(model: LanguageModel, tokens: list[int], cache: DynamicCache,
+               chunks: Chunks | None = None) -> None:
+    """Encode ``tokens`` on top of ``cache``, in chunks when ``chunks`` says so."""
+    size = chunks.size if chunks is not None and chunks.size > 0 else len(tokens)
+    for start in range(0, len(tokens), max(size, 1)):
+        if start and chunks is not None:
+            chunks.between()
+        model.forward_chain(tokens[start:start + size], cache, keep=1)
+
+
+def encode_prefix(model: LanguageModel, tokens: list[int], prefix: PrefixCache | None = None,
+                  chunks: Chunks | None = None) -> tuple[DynamicCache, int]:
     """A new cache holding the KV of ``tokens``: the longest part the prefix cache holds is
-    copied from it, only the rest is encoded (and stored back). Returns the cache and how many
-    tokens came from the prefix cache."""
+    copied from it, only the rest is encoded (in ``chunks``, if given) and stored back.
+    Returns the cache and how many tokens came from the prefix cache."""
     reused, cache = prefix.match(tokens) if prefix is not None else (0, kvcache.new_cache())
     if len(tokens) > reused:
-        model.forward_chain(tokens[reused:], cache, keep=1)
+        feed_chain(model, tokens[reused:], cache, chunks)
         if prefix is not None:
             prefix.insert(tokens, cache)
     return cache, reused
 
 
 def prefill(model: LanguageModel, tokens: list[int], copies: int,
-            prefix: PrefixCache | None = None) -> tuple[list[ModelCache], int]:
+            prefix: PrefixCache | None = None, chunks: Chunks | None = None
+            ) -> tuple[list[ModelCache], int]:
     """Encode a shared prefix once (reusing the prefix cache) and hand each sequence its own
     copy of the cache; also returns the number of tokens reused from the prefix cache."""
-    cache, reused = encode_prefix(model, tokens, prefix)
+    cache, reused = encode_prefix(model, tokens, prefix, chunks)
     caches = [cache] + [kvcache.clone(cache) for _ in range(copies - 1)]
     return [ModelCache(c, len(tokens)) for c in caches], reused
 
 
 def prefill_group(model: LanguageModel, prompts: Sequence[list[int]],
-                  prefix: PrefixCache | None = None) -> list[tuple[ModelCache, int]]:
+                  prefix: PrefixCache | None = None, chunks: Chunks | None = None
+                  ) -> list[tuple[ModelCache, int]]:
     """Each prompt's starting cache and how many of its tokens came from the prefix cache.
 
     A prompt that an earlier group stored further than this group's shared prefix (its whole
@@ -96,21 +117,22 @@ def prefill_group(model: LanguageModel, prompts: Sequence[list[int]],
             starts[i] = (ModelCache(cache, length), length)
     rest = [i for i, start in enumerate(starts) if start is None]
     if rest:
-        copies, reused = prefill(model, prompts[0][:shared], len(rest), prefix)
+        copies, reused = prefill(model, prompts[0][:shared], len(rest), prefix, chunks)
         for i, copy in zip(rest, copies, strict=True):
             starts[i] = (copy, reused)
     return [start for start in starts if start is not None]
 
 
-def prepare_group(runtime: Runtime, request: GroupRequest) -> list[SequenceState]:
+def prepare_group(runtime: Runtime, request: GroupRequest, chunks: Chunks | None = None
+                  ) -> list[SequenceState]:
     """Tokenize, encode the shared prefix once per model (or start a prompt from its longer
-    cached prefix), and build per-sequence states."""
+    cached prefix; in ``chunks`` when given), and build per-sequence states."""
     prompts = [runtime.tokenizer.encode(p, request.chat) for p in request.prompts]
-    targets = prefill_group(runtime.target, prompts, runtime.prefix.target)
+    targets = prefill_group(runtime.target, prompts, runtime.prefix.target, chunks)
     drafts: list[ModelCache | None] = [None] * len(prompts)
     if isinstance(runtime.drafter, ModelDrafter):
         drafts = [c for c, _ in prefill_group(runtime.drafter.model, prompts,
-                                               runtime.prefix.draft)]
+                                               runtime.prefix.draft, chunks)]
     states = []
     for index, ids in enumerate(prompts):
         target, reused = targets[index]

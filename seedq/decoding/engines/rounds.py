@@ -47,7 +47,7 @@ import torch
 from seedq.decoding import kvcache
 from seedq.decoding.batching import RowInput, forward_rows
 from seedq.decoding.engines import lanes
-from seedq.decoding.engines.base import MemoryMeter, Runtime, prepare_group
+from seedq.decoding.engines.base import Chunks, MemoryMeter, Runtime, prepare_group
 from seedq.decoding.engines.batch import commit_token
 from seedq.decoding.engines.round_batch import RoundGroup, RoundStorage, Row, new_round_batch
 from seedq.decoding.engines.round_budget import KvBudget, KvStats, cache_bytes
@@ -60,6 +60,13 @@ log = logging.getLogger(__name__)
 
 _STOP = object()
 DEFAULT_TOKEN_BUDGET = 64
+DEFAULT_PREFILL_CHUNK = 256
+
+
+def prefill_chunk() -> int:
+    """Prefill tokens per forward of an admitted group (``SEEDQ_PREFILL_CHUNK``, default
+    256; 0: the whole prefill in one forward): the live rows decode between two chunks."""
+    return max(0, int(os.environ.get("SEEDQ_PREFILL_CHUNK", DEFAULT_PREFILL_CHUNK)))
 
 
 def token_budget() -> int:
@@ -81,6 +88,9 @@ class RoundStats(KvStats):
     drafted: int = 0  # draft tokens verified (auto groups)
     accepted: int = 0  # of those, accepted
     compactions: int = 0  # times the cache's holes were squeezed out
+    prefill_chunks: int = 0  # chunk boundaries of admitted groups' prefills
+    steps_between_chunks: int = 0  # decode steps run between two chunks of a prefill
+    longest_stall: float = 0.0  # seconds live rows waited between two of their forwards
 
 
 class RoundBatcher:
@@ -90,6 +100,8 @@ class RoundBatcher:
                  budget: int | None = None, kv_budget: int | None = None) -> None:
         self.runtime = runtime
         self.budget = budget or token_budget()
+        self.chunk = prefill_chunk()
+        self._last_forward: float | None = None  # end of the live rows' last forward
         self.kv = KvBudget(runtime.target, kv_budget)  # SEEDQ_ROUND_KV_MB
         self.target_lock = target_lock or threading.Lock()
         self.stats = RoundStats()
@@ -237,6 +249,8 @@ class RoundBatcher:
     def _admit(self, group: RoundGroup) -> None:
         """Prefill the group (prefix cache, then its suffixes in one forward), commit each
         sequence's first token, and add the unfinished ones to the round."""
+        nested = [0.0]  # seconds spent decoding the live rows between prefill chunks
+        chunks = Chunks(self.chunk, lambda: self._between_chunks(nested)) if self.chunk else None
         with self.target_lock:
             began = time.perf_counter()
             group.busy_at_start = self.busy_seconds
@@ -244,11 +258,11 @@ class RoundBatcher:
                 if group.speculate:  # measured once per model, on the first auto group
                     self.speculation.calibrate(group.runtime.drafter,
                                                group.runtime.config.gamma)
-                group.states = prepare_group(group.runtime, group.request)
+                group.states = prepare_group(group.runtime, group.request, chunks)
                 inputs = [RowInput(s.pending(s.target), s.target, need=1) for s in group.states]
                 logits = forward_rows(self.runtime.target, inputs)
             finally:
-                elapsed = time.perf_counter() - began
+                elapsed = time.perf_counter() - began - nested[0]
                 self.busy_seconds += elapsed
         rows, caches = [], []
         for state, row_input, last in zip(group.states, inputs, logits, strict=True):
@@ -270,6 +284,20 @@ class RoundBatcher:
         else:
             self._finish(group)
 
+    def _between_chunks(self, nested: list[float]) -> None:
+        """Between two chunks of a group's prefill (the target lock held by the admission):
+        one decode step of the live rows, so that they never wait behind a long prefill."""
+        began = time.perf_counter()
+        self.stats.prefill_chunks += 1
+        self.target_lock.release()  # the step takes it for its own forward
+        try:
+            if self._batch.rows:
+                self.stats.steps_between_chunks += 1
+                self._guarded(self._batch.groups(), self._step)
+        finally:
+            self.target_lock.acquire()
+            nested[0] += time.perf_counter() - began
+
     # -- decoding -----------------------------------------------------------------------
     def _step(self) -> None:
         """One forward of every live row (its pending token and its draft, if the plan
@@ -282,10 +310,14 @@ class RoundBatcher:
         feeds = self._batch.feeds([p.tree.tokens if p.tree else [] for p in plans])
         with self.target_lock:
             began = time.perf_counter()
+            if self._last_forward is not None:
+                self.stats.longest_stall = max(self.stats.longest_stall,
+                                               began - self._last_forward)
             try:
                 logits = self._forward(groups, feeds)
             finally:
-                elapsed = time.perf_counter() - began
+                self._last_forward = time.perf_counter()
+                elapsed = self._last_forward - began
                 self.busy_seconds += elapsed
         tokens = sum(len(feed) for feed in feeds)
         self.speculation.observe_forward(tokens, elapsed)
@@ -380,6 +412,8 @@ class RoundBatcher:
         finished = [row for row in self._batch.rows
                     if row.state.done and not row.group.future.done()]
         self._drop(lambda row: row.state.done or row.group.future.done())
+        if not self._batch.rows:
+            self._last_forward = None  # nobody waits: idle time is no stall
         for row in finished:
             row.group.unfinished -= 1
             row.group.meter.tick()
