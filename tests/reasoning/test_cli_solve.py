@@ -71,14 +71,25 @@ def test_engine_options_limit_and_text_output(tmp_path: Path, scripted: list) ->
     result = CliRunner().invoke(main, [
         "solve", str(path), "--task", "gsm8k", "--limit", "2", "--engine", "seed",
         "--draft", "smollm2-int8", "--k-config", "2,1,1", "--verify-batch", "2",
-        "--gamma", "3", "--depth", "1", "--search", "dfs", "--evaluator", "vote",
+        "--depth", "1", "--search", "dfs", "--evaluator", "vote",
     ])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert [line.split("\t")[0] for line in lines] == ["q0", "q1"]
     ((config, _),) = scripted
-    assert (config.engine, config.draft, config.k_config, config.verify_batch, config.gamma) == (
-        "seed", "smollm2-int8", (2, 1, 1), 2, 3)
+    assert (config.engine, config.draft, config.k_config, config.verify_batch) == (
+        "seed", "smollm2-int8", (2, 1, 1), 2)
+
+
+def test_gamma_with_k_config_is_a_usage_error_naming_both(tmp_path: Path, scripted: list) -> None:
+    path = write(tmp_path, [json.dumps(GOOD)])
+    result = CliRunner().invoke(main, [
+        "solve", str(path), "--task", "gsm8k", "--engine", "seed", "--draft", "smollm2-int8",
+        "--k-config", "2,1,1", "--gamma", "3",
+    ])
+    assert result.exit_code == 2
+    assert "--gamma: cannot be given together with --k-config" in result.output
+    assert scripted == []
 
 
 def test_line_search_overrides_command_options(tmp_path: Path, scripted: list) -> None:

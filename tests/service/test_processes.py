@@ -99,7 +99,7 @@ def test_two_workers_share_a_queue_and_no_job_runs_twice(
         job = RQJob.fetch(
             q.job_id_for(batch, line), connection=services.redis, serializer=q.SERIALIZER
         )
-        assert len(job.results()) == 1  # one RQ execution result per job
+        assert len(job.results()) == 1, (line, workers.logs())  # one RQ result per job
 
 
 def test_kill_9_mid_tree_is_detected_and_rerun_without_duplicates(
