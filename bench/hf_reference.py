@@ -22,13 +22,15 @@ from typing import Any
 import psutil
 import torch
 
+from seedq.decoding import attention
 from seedq.decoding.loading import NGRAM, LoadedModel
 from seedq.decoding.types import GroupRequest, GroupResult, SequenceMetrics, SequenceResult
 
 
 @contextmanager
 def counting_forwards(model: Any) -> Iterator[list[int]]:
-    """Counts forward calls of ``model`` (a transformers module) into ``box[0]``."""
+    """Counts forward calls of ``model`` (a transformers module) into ``box[0]``; the model
+    runs transformers' own attention meanwhile (the reference as shipped)."""
     box = [0]
 
     def hook(*_: Any) -> None:
@@ -36,7 +38,8 @@ def counting_forwards(model: Any) -> Iterator[list[int]]:
 
     handle = model.register_forward_hook(hook)
     try:
-        yield box
+        with attention.reference(model):
+            yield box
     finally:
         handle.remove()
 
@@ -124,4 +127,5 @@ def run_assisted(label: str, target: LoadedModel, draft_name: str, draft: Loaded
     assert draft is not None
     extra = {"assistant_model": draft.model.model, "num_assistant_tokens": gamma,
              "num_assistant_tokens_schedule": "constant"}
-    return run_serial(label, target, request, extra)
+    with attention.reference(draft.model.model):
+        return run_serial(label, target, request, extra)

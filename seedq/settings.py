@@ -74,7 +74,8 @@ def check_decoding_env(env: Mapping[str, str]) -> None:
     _env_int(env, "SEEDQ_ROUND_TOKEN_BUDGET", 1, 1)
     _env_float(env, "SEEDQ_ROUND_KV_MB", 0.0, 0.0)
     _env_int(env, "SEEDQ_PREFILL_CHUNK", 0, 0)
-    choices = {"SEEDQ_ROUND_KV": ("slots", "dynamic"), "SEEDQ_ROUND_BATCHER": ("0", "1")}
+    choices = {"SEEDQ_ROUND_KV": ("slots", "dynamic"), "SEEDQ_ROUND_BATCHER": ("0", "1"),
+               "SEEDQ_ATTENTION": ("packed", "sdpa")}
     for name, allowed in choices.items():
         raw = env.get(name)
         if raw not in (None, "", *allowed):

@@ -9,6 +9,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import Cache
 
+from seedq.decoding import attention
 from seedq.decoding.tree import additive_mask
 
 
@@ -17,6 +18,7 @@ class LanguageModel:
 
     def __init__(self, model: Any, vocab_size: int, name: str = "model") -> None:
         self.model = model.eval()
+        attention.install(model)  # grouped-query verify forwards without a KV copy
         self.vocab_size = vocab_size
         self.name = name
         first = next(model.parameters())

@@ -185,10 +185,23 @@ def test_plan_drafts_where_extra_tokens_are_nearly_free() -> None:
 
 def test_plan_keeps_the_forward_within_the_token_budget() -> None:
     gpu_like = ForwardCost(a=0.01, b=0.0)
-    lengths = plan_lengths([0.9] * 6 + [0.5] * 6, [4] * 12, gpu_like, max_tokens=30)
-    assert sum(lengths) + 12 == 30
-    assert min(lengths[:6]) >= max(lengths[6:])  # the best acceptance first
-    assert plan_lengths([0.9] * 4, [4] * 4, gpu_like, max_tokens=3) == [0] * 4
+    # the forward is rows x (1 + depth): 12 rows in 40 tokens reach depth 2, not 3
+    lengths = plan_lengths([0.9] * 6 + [0.5] * 6, [4] * 12, gpu_like, max_tokens=40)
+    assert lengths == [2] * 12
+    assert plan_lengths([0.9] * 4, [4] * 4, gpu_like, max_tokens=7) == [0] * 4
+    assert plan_lengths([0.9] * 4, [4] * 4, gpu_like, max_tokens=8) == [1] * 4
+
+
+def test_plan_charges_one_rows_draft_to_every_rows_padding() -> None:
+    cpu_like = ForwardCost.fit([(1, 0.050), (8, 0.090), (64, 0.400)])
+    # one good row among 15 that cannot draft: its draft would widen all 16 rows
+    assert plan_lengths([0.9] + [None] * 15, [4] + [0] * 15, cpu_like) == [0] * 16
+    # alone, the same row drafts
+    assert plan_lengths([0.9], [4], cpu_like)[0] > 0
+    # with a draft token costing something, weak rows stay short inside the chosen depth
+    lengths = plan_lengths([0.9, 0.05], [4, 4], ForwardCost(a=0.05, b=0.0),
+                           DraftCost(per_token=0.01))
+    assert lengths[0] > 0 and lengths[1] == 0
 
 
 def test_plan_decodes_plainly_where_extra_tokens_cost_their_share() -> None:

@@ -2,7 +2,8 @@
 online acceptance estimates, and the pure planning rule between them.
 
 The cost of one target forward is modelled as ``a + b * N`` seconds for ``N`` tokens in the
-forward (all rows, pending token plus draft tokens). :func:`calibrate` measures it at start
+forward: ``rows * (1 + depth)``, since the forward is rectangular (each row's pending token
+and its draft, right-padded to the longest draft). :func:`calibrate` measures it at start
 (a small grid of rows x tokens over a real KV cache on this device); :class:`ForwardCost`
 then refits it online from every forward the round runs (decayed least squares seeded by
 the calibration), so a loaded machine or a GPU's flat curve is followed as it changes.
@@ -11,9 +12,10 @@ Acceptance ``alpha`` (the chance that a draft token is accepted given the ones b
 were) is tracked per label (task/role of the group) and per row (:class:`Acceptance`); with
 a chain of ``g`` draft tokens a row commits ``1 + alpha + ... + alpha^g`` tokens on average.
 
-:func:`plan_lengths` adds draft tokens one at a time, best expected gain first, while the
-round's expected committed tokens per second still rise; ``0`` everywhere is plain batched
-decoding. Output stays lossless whatever it picks: every draft is verified exactly.
+:func:`plan_lengths` picks the depth of the step's drafts (the padded forward's width) and
+the rows' lengths up to it that maximise the round's expected committed tokens per second;
+``0`` everywhere is plain batched decoding. Output stays lossless whatever it picks: every
+draft is verified exactly.
 """
 
 from __future__ import annotations
@@ -116,30 +118,36 @@ def plan_lengths(alphas: list[float | None], caps: list[int], cost: ForwardCost,
 
     alphas: per row its acceptance estimate, None for a row that never speculates;
     caps:   per row the longest draft it may get (remaining budget, lookup length).
-    Every row commits one token for sure; the j-th draft token of row b adds alpha_b^j
-    expected tokens at ``cost.b + draft.per_token`` seconds (plus ``draft.per_depth`` for
-    each depth the longest chain reaches). ``max_tokens`` caps the forward's tokens (rows
-    plus draft tokens: the round's token budget)."""
+    The verify forward is rectangular: every row is fed ``1 + depth`` tokens (its pending
+    token, its draft, padding), ``depth`` being the longest draft of the step, so it costs
+    ``cost.seconds(rows * (1 + depth))`` whoever drafts: one row's long draft is paid for
+    by every row's padding. For each depth the rows fill their columns best expected gain
+    first (the j-th draft token of row b adds alpha_b^j expected tokens) while a token
+    still pays for ``draft.per_token``; ``draft.per_depth`` is paid once per depth (one
+    draft forward each). ``max_tokens`` caps the forward's ``rows * (1 + depth)`` tokens
+    (the round's token budget). Every row commits one token for sure."""
     rows = len(alphas)
     best = [0] * rows
     if rows == 0:
         return best
     best_rate = rows / cost.seconds(rows)
-    for depth in range(1, max([0, *caps]) + 1):
+    deepest = max([0, *caps])
+    if max_tokens is not None:
+        deepest = min(deepest, max_tokens // rows - 1)
+    for depth in range(1, deepest + 1):
         lengths, gain, extra = [0] * rows, 0.0, 0
+        seconds = cost.seconds(rows * (1 + depth)) + draft.per_depth * depth
         gains = sorted(((alpha ** j, b) for b, alpha in enumerate(alphas) if alpha is not None
                         for j in range(1, min(caps[b], depth) + 1)), reverse=True)
-        seconds = cost.seconds(rows) + draft.per_depth * depth
-        room = len(gains) if max_tokens is None else max(0, max_tokens - rows)
-        for value, b in gains[:room]:  # alpha^j falls with j: each row's picks stay a prefix
-            step = cost.b + draft.per_token
+        for value, b in gains:  # alpha^j falls with j: each row's picks stay a prefix
+            step = draft.per_token
             if (rows + gain + value) / (seconds + (extra + 1) * step) <= (rows + gain) / (
                     seconds + extra * step):
                 break
             lengths[b] += 1
             gain += value
             extra += 1
-        rate = (rows + gain) / (seconds + extra * (cost.b + draft.per_token))
+        rate = (rows + gain) / (seconds + extra * draft.per_token)
         if rate > best_rate * (1 + 1e-9) and max(lengths) == depth:
             best, best_rate = lengths, rate
     return best

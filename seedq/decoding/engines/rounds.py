@@ -320,7 +320,8 @@ class RoundBatcher:
                 elapsed = self._last_forward - began
                 self.busy_seconds += elapsed
         tokens = sum(len(feed) for feed in feeds)
-        self.speculation.observe_forward(tokens, elapsed)
+        # the forward computed rows x longest feed (the short feeds are padded)
+        self.speculation.observe_forward(len(feeds) * max(len(feed) for feed in feeds), elapsed)
         self._count(groups, elapsed, tokens)
         self.kv.observe(self._batch, self.stats)
         self.records.observe(cache_bytes(self._batch), len(self._batch.rows), forward=True)
