@@ -139,15 +139,15 @@ def plan_lengths(alphas: list[float | None], caps: list[int], cost: ForwardCost,
         seconds = cost.seconds(rows * (1 + depth)) + draft.per_depth * depth
         gains = sorted(((alpha ** j, b) for b, alpha in enumerate(alphas) if alpha is not None
                         for j in range(1, min(caps[b], depth) + 1)), reverse=True)
+        step = draft.per_token
         for value, b in gains:  # alpha^j falls with j: each row's picks stay a prefix
-            step = draft.per_token
             if (rows + gain + value) / (seconds + (extra + 1) * step) <= (rows + gain) / (
                     seconds + extra * step):
                 break
             lengths[b] += 1
             gain += value
             extra += 1
-        rate = (rows + gain) / (seconds + extra * draft.per_token)
+        rate = (rows + gain) / (seconds + extra * step)
         if rate > best_rate * (1 + 1e-9) and max(lengths) == depth:
             best, best_rate = lengths, rate
     return best

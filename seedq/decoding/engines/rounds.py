@@ -320,13 +320,13 @@ class RoundBatcher:
                 elapsed = self._last_forward - began
                 self.busy_seconds += elapsed
         tokens = sum(len(feed) for feed in feeds)
-        # the forward computed rows x longest feed (the short feeds are padded)
-        self.speculation.observe_forward(len(feeds) * max(len(feed) for feed in feeds), elapsed)
+        width = max(len(feed) for feed in feeds)  # the short feeds are padded to it
+        self.speculation.observe_forward(len(feeds) * width, elapsed)  # rows x width computed
         self._count(groups, elapsed, tokens)
         self.kv.observe(self._batch, self.stats)
         self.records.observe(cache_bytes(self._batch), len(self._batch.rows), forward=True)
         kept = self._commit(plans, logits)
-        self._batch.settle(kept, max(len(feed) for feed in feeds))
+        self._batch.settle(kept, width)
         self.stats.compactions += self._batch.compact()
         self._leave()
 
