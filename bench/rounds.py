@@ -1,6 +1,9 @@
 """The round engine on one round of groups: ``batch`` (plain batched decoding in the round
 batcher) against ``auto`` (the same, drafting where its cost model says it pays), greedy,
-so both must produce the very same tokens (checked), plus ``ar`` as the serial baseline.
+so both must produce the very same tokens (checked), plus ``ar`` as the serial baseline,
+and ``seed`` (its rows draft ``--gamma`` tokens with ``--draft`` at every step inside the
+round batcher) against ``seed-scheduler`` (the threaded SeeD scheduler, all rows in one
+verify batch).
 
     .venv/bin/python bench/rounds.py --target smollm2 --groups 4 --n 3 --max-new-tokens 64
     python3 bench/rounds.py --device cuda --dtype bfloat16 ...   # on a GPU
@@ -49,14 +52,17 @@ SAMPLES = ROOT / "seedq" / "data" / "samples" / "gsm8k_demo.jsonl"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--target", default="smollm2")
-    p.add_argument("--draft", default=None, help="auto's draft model (default: prompt lookup)")
-    p.add_argument("--engines", default="ar,batch,auto")
+    p.add_argument("--draft", default=None,
+                   help="auto's and seed's draft model (auto's default: prompt lookup)")
+    p.add_argument("--engines", default="ar,batch,auto",
+                   help=f"ar, batch, auto, seed (in the round batcher), {SCHEDULER}")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--groups", type=int, default=4)
     p.add_argument("--n", type=int, default=3, help="sequences per group")
     p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--gamma", type=int, default=4, help="auto's longest draft")
+    p.add_argument("--gamma", type=int, default=4,
+                   help="auto's longest draft, seed's draft length")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--data", type=Path, default=DATA if DATA.is_file() else SAMPLES)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "rounds.json")
@@ -75,10 +81,18 @@ RANDOM = "random-smollm2"  # SmolLM2-135M's shape, random weights, the in-proces
 _RANDOM: dict[str, LoadedModel] = {}
 
 
+SCHEDULER = "seed-scheduler"  # seed on its threaded scheduler (every row verified at once)
+
+
 def load(args: argparse.Namespace, engine: str) -> LocalGenerator:
+    options: dict[str, Any] = {}
+    if engine == SCHEDULER:
+        engine, options = "seed", {"verify_batch": args.groups * args.n, "draft_batch": args.n}
+    draft = args.draft if engine in ("auto", "seed") else None
+    if engine == "seed" and draft is None:
+        raise SystemExit("seed needs --draft (a draft model or ngram)")
     config = EngineConfig(engine=engine, target=args.target, device=args.device,
-                          dtype=args.dtype, gamma=args.gamma,
-                          draft=args.draft if engine == "auto" else None)
+                          dtype=args.dtype, gamma=args.gamma, draft=draft, **options)
     if args.target != RANDOM:
         return load_generator(config)
     if RANDOM not in _RANDOM:  # speed only: a random model's tokens mean nothing

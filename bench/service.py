@@ -5,7 +5,9 @@ worker) per engine and round size (trees in flight per worker).
         --engines ar,batch,batch-group,seed --round-sizes 1,6,12 --reps 3
 
 ``batch`` runs through the round batcher (every tree of the round shares each target
-forward); ``batch-group`` is the old per-group batch engine (``SEEDQ_ROUND_BATCHER=0``).
+forward); ``batch-group`` is the old per-group batch engine (``SEEDQ_ROUND_BATCHER=0``),
+``seed-scheduler`` seed on its threaded SeeD scheduler (the same), ``seed-ngram`` seed in the
+round drafting by prompt lookup.
 Models are loaded once per engine, outside the timing; every run starts with an empty
 prefix cache and is timed from submit to the last tree stored. Repetitions are interleaved
 (every configuration once per repetition, the order reversed on odd repetitions); the table
@@ -51,7 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--target", default="smollm2")
     p.add_argument("--draft", default="smollm2-int8")
     p.add_argument("--engines", default="ar,batch,batch-group,seed",
-                   help="ar, batch, batch-group (per-group batch), auto, sd, mcsd, seed")
+                   help="ar, batch, batch-group (per-group batch), auto, sd, mcsd, seed "
+                        "(in the round, --draft), seed-ngram (in the round, prompt lookup), "
+                        "seed-scheduler (the threaded SeeD scheduler)")
     p.add_argument("--round-sizes", default="1,6,12")
     p.add_argument("--configs", default="",
                    help="engine:round_size pairs instead of engines x round sizes, "
@@ -68,15 +72,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+# benchmark names that are not engine names: (engine, draft or None for --draft)
+VARIANTS = {"batch-group": ("batch", None), "seed-scheduler": ("seed", None),
+            "seed-ngram": ("seed", "ngram")}
+OUTSIDE_ROUND = ("batch-group", "seed-scheduler")  # SEEDQ_ROUND_BATCHER=0
+
+
 def load_engine(args: argparse.Namespace, name: str) -> LocalGenerator:
     """The generator for one benchmark engine, loaded once (its settings as a worker's)."""
-    engine = "batch" if name == "batch-group" else name
+    engine = VARIANTS.get(name, (name, None))[0]
+    draft = args.draft if engine in SPECULATIVE else None  # auto: prompt lookup
     settings = Settings.from_env().with_overrides(
         engine=engine, target_model=args.target,
-        draft_model=args.draft if engine in SPECULATIVE else None,  # auto: prompt lookup
+        draft_model=VARIANTS.get(name, (name, draft))[1] or draft,
     )
     previous = os.environ.get("SEEDQ_ROUND_BATCHER")
-    os.environ["SEEDQ_ROUND_BATCHER"] = "0" if name == "batch-group" else "1"
+    os.environ["SEEDQ_ROUND_BATCHER"] = "0" if name in OUTSIDE_ROUND else "1"
     try:
         return load_generator(settings.engine_config())
     finally:

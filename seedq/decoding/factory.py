@@ -13,6 +13,7 @@ from seedq.decoding.config import EngineConfig
 from seedq.decoding.drafters import Drafter, DraftShape, ModelDrafter, NgramDrafter
 from seedq.decoding.engines.base import Engine, Runtime
 from seedq.decoding.engines.batch import BatchEngine
+from seedq.decoding.engines.round_batch import AUTO, BATCH, MODES, SEED, RoundMode
 from seedq.decoding.engines.rounds import RoundBatcher
 from seedq.decoding.engines.seed import GroupSpec, SeedScheduler
 from seedq.decoding.loading import LoadedModel
@@ -33,14 +34,17 @@ def draft_shape(config: EngineConfig) -> DraftShape:
 
 class LocalGenerator:
     """A GroupGenerator over in-process models. ``ar``, ``sd`` and ``mcsd`` run one group at
-    a time (under the target lock shared with every generator over the same target); seed
-    groups go to the one SeeD scheduler of the target, which interleaves the groups of
-    concurrent callers; ``batch`` groups go to the one round batcher of the target, which
-    decodes the groups of all callers in shared forwards (``SEEDQ_ROUND_BATCHER=0``: one
-    group at a time, as the other engines). A cancelled ``generate`` frees the target: a
-    seed or round group is dropped at its next step, any other group stops at its next
-    forward (:mod:`seedq.decoding.cancel`). ``auto`` groups go to the same round batcher,
-    flagged to draft where the batcher's cost model says it pays."""
+    a time (under the target lock shared with every generator over the same target).
+    ``batch``, ``auto`` and ``seed`` groups go to the one round batcher of the target, which
+    decodes the groups of all callers in shared forwards: ``auto`` rows draft where the
+    batcher's cost model says it pays, ``seed`` rows at every step (all of the round's
+    drafting rows in one batched draft forward per depth, verified first-come-first-served
+    in the round's shared forward); :func:`round_mode` says which configs run there. Seed
+    with a draft tree or with the scheduler's own options goes to the one threaded SeeD
+    scheduler of the target, which interleaves the groups of concurrent callers;
+    ``SEEDQ_ROUND_BATCHER=0`` runs every engine outside the round. A cancelled
+    ``generate`` frees the target: a seed or round group is dropped at its next step, any
+    other group stops at its next forward (:mod:`seedq.decoding.cancel`)."""
 
     def __init__(self, config: EngineConfig, runtime: Runtime, hub: TargetHub | None = None
                  ) -> None:
@@ -48,16 +52,17 @@ class LocalGenerator:
         self.runtime = runtime
         self._owns_hub = hub is None
         self.hub = hub or TargetHub()
-        built = _engine(config, runtime)
+        self.mode = round_mode(config)  # None: this engine does not run in the round
+        built = BatchEngine(runtime) if self.mode is SEED else _engine(config, runtime)
         self._spec: GroupSpec | None = None
         if isinstance(built, SeedScheduler):
             self._spec = built.own_spec()
             built = self.hub.share(built)
         self.engine: Engine | SeedScheduler = built
         self.rounds: RoundBatcher | None = None
-        if isinstance(built, BatchEngine) and os.environ.get("SEEDQ_ROUND_BATCHER", "1") != "0":
+        if self.mode is not None:
             self.rounds = self.hub.round_batcher(runtime)
-        self.speculates = registry.get(config.engine).drafts  # auto: drafts where it pays
+        self.speculates = self.mode is AUTO  # drafts where the cost model says it pays
         for model in (runtime.target, runtime.draft_model):
             if model is not None:
                 cancel.install(model.model)
@@ -70,7 +75,7 @@ class LocalGenerator:
         if isinstance(self.engine, SeedScheduler):
             return self.engine.run(request, self._spec)
         if self.rounds is not None:
-            return self.rounds.run(request, self.runtime, self.speculates)
+            return self.rounds.run(request, self.runtime, self.mode or BATCH)
         with self.hub.lock:
             cancel.check()  # given up on while it waited for the target
             return self.engine.run(request)
@@ -80,7 +85,7 @@ class LocalGenerator:
             return await asyncio.wrap_future(self.engine.submit(request, self._spec))
         if self.rounds is not None:  # a cancelled await cancels the future: dropped
             return await asyncio.wrap_future(
-                self.rounds.submit(request, self.runtime, self.speculates))
+                self.rounds.submit(request, self.runtime, self.mode or BATCH))
         stop = threading.Event()
         try:
             return await asyncio.to_thread(self._run_until, request, stop)
@@ -96,6 +101,24 @@ class LocalGenerator:
         (the worker's own generator does; derived ones do not)."""
         if self._owns_hub:
             self.hub.close()
+
+
+def round_mode(config: EngineConfig) -> RoundMode | None:
+    """How the config's groups run in the round batcher, None when they do not:
+    ``SEEDQ_ROUND_BATCHER=0`` (each engine alone), engines that decode one group at a time
+    (``ar``, ``sd``, ``mcsd``), and ``seed`` with a draft tree (``k_config``) or the SeeD
+    scheduler's own options (``verify_batch``, ``draft_batch``, ``draft_threads`` other than
+    their defaults): those run on the threaded SeeD scheduler."""
+    if os.environ.get("SEEDQ_ROUND_BATCHER", "1") == "0":
+        return None
+    mode = MODES.get(config.engine)
+    if mode is SEED and (registry.draft_tree(config) or any(
+            getattr(config, name) != getattr(EngineConfig, name) for name in SCHEDULER_OPTIONS)):
+        return None
+    return mode
+
+
+SCHEDULER_OPTIONS = ("verify_batch", "draft_batch", "draft_threads")
 
 
 def _engine(config: EngineConfig, runtime: Runtime) -> Engine | SeedScheduler:

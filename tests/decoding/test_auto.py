@@ -20,6 +20,7 @@ import torch
 from seedq.decoding.config import EngineConfig
 from seedq.decoding.drafters import DraftShape, NgramDrafter, NgramIndex
 from seedq.decoding.engines import rounds
+from seedq.decoding.engines.round_batch import BATCH
 from seedq.decoding.engines.round_plan import Acceptance, DraftCost, ForwardCost, plan_lengths
 from seedq.decoding.factory import LocalGenerator, generator_from_models
 from seedq.decoding.loading import LoadedModel, wrap
@@ -74,8 +75,8 @@ def submit_staggered(monkeypatch: pytest.MonkeyPatch,
     futures = []
     for i, (generator, request) in enumerate(jobs):
         assert generator.rounds is not None
-        speculate = generator.config.engine == "auto"
-        futures.append(generator.rounds.submit(request, generator.runtime, speculate))
+        futures.append(generator.rounds.submit(request, generator.runtime,
+                                               generator.mode or BATCH))
         if i == 0:
             assert hold.reached.wait(WAIT)
     hold.release.set()

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from seedq.decoding.config import EngineConfig
+from seedq.decoding.factory import round_mode
 from seedq.decoding.loading import LoadedModel
 from seedq.decoding.models import Tokenizer
 from seedq.decoding.types import GroupRequest, GroupResult, SamplingParams
@@ -29,6 +30,9 @@ CONFIGS = [
     dict(engine="sd", gamma=4, draft="ngram"),
     dict(engine="mcsd", k_config=(3, 1, 1), draft="ngram"),
     dict(engine="seed", gamma=4, draft="ngram", verify_batch=2),
+    # in the round batcher (a chain, the scheduler's options at their defaults)
+    dict(engine="seed", gamma=1),
+    dict(engine="seed", gamma=6, draft="ngram"),
 ]
 
 
@@ -72,18 +76,25 @@ def test_greedy_identical_to_ar(options: dict[str, Any], which: str, target: Loa
             assert accepted > 0
 
 
-def test_identical_draft_accepts_every_draft(target: LoadedModel) -> None:
+@pytest.mark.parametrize("options", [dict(engine="sd"), dict(engine="seed", verify_batch=2),
+                                     dict(engine="seed")], ids=["sd", "seed-scheduler",
+                                                                "seed-round"])
+def test_identical_draft_accepts_every_draft(options: dict[str, Any], target: LoadedModel
+                                             ) -> None:
+    """Every draft accepted in full: gamma + 1 tokens per verify forward. In the round
+    batcher the prefill forward commits the first token too (one forward more)."""
     gamma, rounds = 4, 5
-    request = GroupRequest(PROMPTS, SamplingParams(max_new_tokens=rounds * (gamma + 1)))
-    for engine in ("sd", "seed"):
-        result = _run(_config(engine=engine, gamma=gamma), target, target, request)
-        for seq in result.sequences:
-            if seq.finish_reason != "length":
-                continue  # the random model hit EOS early
-            m = seq.metrics
-            assert m.accepted_tokens == m.drafted_tokens == rounds * gamma
-            assert m.target_forwards == rounds
-            assert m.new_tokens / m.target_forwards == gamma + 1
+    config = _config(gamma=gamma, **options)
+    first = 1 if round_mode(config) is not None else 0
+    request = GroupRequest(PROMPTS, SamplingParams(max_new_tokens=first + rounds * (gamma + 1)))
+    result = _run(config, target, target, request)
+    for seq in result.sequences:
+        if seq.finish_reason != "length":
+            continue  # the random model hit EOS early
+        m = seq.metrics
+        assert m.accepted_tokens == m.drafted_tokens == rounds * gamma
+        assert m.target_forwards == first + rounds
+        assert m.new_tokens == first + rounds * (gamma + 1)
 
 
 def _stop_cases(baseline: GroupResult, tokenizer: Tokenizer) -> list[tuple[int, int]]:

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from seedq.cli import main
 from seedq.decoding.config import EngineConfig
+from seedq.decoding.engines.round_batch import SEED
 from seedq.decoding.engines.seed import SeedScheduler
 from seedq.decoding.factory import generator_from_models
 from seedq.decoding.loading import LoadedModel, wrap
@@ -93,13 +94,21 @@ def test_generate_command_table_and_bad_input(tmp_path: Path) -> None:
     assert bad_file.exit_code != 0 and "line 2" in bad_file.output
 
 
-def test_closing_the_scheduler_never_leaves_a_caller_hanging(target: LoadedModel,
-                                                             close_draft: LoadedModel) -> None:
-    generator = generator_from_models(EngineConfig(engine="seed", target="tiny", draft="d"),
-                                      target, close_draft)
+@pytest.mark.parametrize("where", ["scheduler", "round"])
+def test_closing_the_scheduler_never_leaves_a_caller_hanging(
+    where: str, target: LoadedModel, close_draft: LoadedModel
+) -> None:
+    options = {"verify_batch": 2} if where == "scheduler" else {}
+    generator = generator_from_models(EngineConfig(engine="seed", target="tiny", draft="d",
+                                                   **options), target, close_draft)
+    request = GroupRequest(("a",) * 8, SamplingParams(max_new_tokens=400))
     engine = generator.engine
-    assert isinstance(engine, SeedScheduler)
-    future = engine.submit(GroupRequest(("a",) * 8, SamplingParams(max_new_tokens=400)))
+    if where == "scheduler":
+        assert isinstance(engine, SeedScheduler)
+        future = engine.submit(request)
+    else:
+        assert generator.rounds is not None
+        future = generator.rounds.submit(request, generator.runtime, SEED)
     generator.close()
     try:
         result = future.result(timeout=30)

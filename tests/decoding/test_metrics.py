@@ -12,6 +12,7 @@ from seedq.decoding.config import EngineConfig
 from seedq.decoding.drafters import ModelDrafter
 from seedq.decoding.engines.base import prepare_group
 from seedq.decoding.engines.speculative import verify
+from seedq.decoding.factory import round_mode
 from seedq.decoding.loading import LoadedModel
 from seedq.decoding.models import Tokenizer
 from seedq.decoding.types import GroupRequest, SamplingParams
@@ -35,15 +36,17 @@ def _eos_inside_a_round(target: LoadedModel) -> tuple[str, int, int]:
 
 @pytest.mark.parametrize(
     "options",
-    [dict(engine="sd"), dict(engine="mcsd", k_config=(2, 1, 1, 1, 1)), dict(engine="seed")],
-    ids=lambda o: o["engine"],
+    [dict(engine="sd"), dict(engine="mcsd", k_config=(2, 1, 1, 1, 1)), dict(engine="seed"),
+     dict(engine="seed", verify_batch=2)],
+    ids=["sd", "mcsd", "seed-round", "seed-scheduler"],
 )
 def test_accepted_tokens_count_only_kept_tokens(options: dict[str, Any],
                                                 target: LoadedModel) -> None:
     prompt, token, first = _eos_inside_a_round(target)
     model = LoadedModel(target.model, Tokenizer(target.tokenizer.tokenizer, [token]))
-    generator = make(EngineConfig(target="tiny", draft="tiny", gamma=GAMMA, **options),
-                     model, model)
+    config = EngineConfig(target="tiny", draft="tiny", gamma=GAMMA, **options)
+    offset = 1 if round_mode(config) is not None else 0  # the round's prefill commits one
+    generator = make(config, model, model)
     try:
         seq = generator.run(GroupRequest((prompt,), SamplingParams(max_new_tokens=30)))
     finally:
@@ -51,10 +54,11 @@ def test_accepted_tokens_count_only_kept_tokens(options: dict[str, Any],
     seq_result = seq.sequences[0]
     m = seq_result.metrics
     assert seq_result.finish_reason == "eos" and m.new_tokens == first + 1
-    full_rounds = m.target_forwards - 1
-    assert full_rounds == first // (GAMMA + 1)
+    full_rounds = m.target_forwards - 1 - offset
+    assert full_rounds == (first - offset) // (GAMMA + 1)
     # every full round: GAMMA accepted + the bonus; the last round is cut inside its draft
-    assert m.accepted_tokens == GAMMA * full_rounds + (m.new_tokens - (GAMMA + 1) * full_rounds)
+    assert m.accepted_tokens == GAMMA * full_rounds + (
+        m.new_tokens - offset - (GAMMA + 1) * full_rounds)
     assert m.accepted_tokens < m.new_tokens
 
 

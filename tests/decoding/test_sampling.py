@@ -61,6 +61,8 @@ CASES = {
     "sd-ngram": (dict(engine="sd", gamma=2, draft="ngram"), 3, DRAWS),
     # auto: draft lengths drawn at random per row and step (0..2), inside the round batcher
     "auto-random-g2": (dict(engine="auto", gamma=2), 4, 2 * DRAWS),
+    # seed in the round batcher: the prefill commits token 1, one full draft of 2 + bonus
+    "seed-round-g2": (dict(engine="seed", gamma=2), 4, DRAWS),
 }
 RUNS = [(case, warp) for case in CASES for warp in WARPS
         if case != "sd-ngram" or warp == "t0.7-topk3"]  # prompt lookup: one warp is enough
@@ -164,9 +166,11 @@ def test_the_draft_differs_from_the_target(warp: str, sharp_target: LoadedModel,
 
 @pytest.mark.parametrize(("case", "warp"), RUNS, ids=[f"{c}-{w}" for c, w in RUNS])
 def test_tokens_follow_the_target_distribution(
-    case: str, warp: str, sharp_target: LoadedModel, flat_draft: LoadedModel
+    case: str, warp: str, sharp_target: LoadedModel, flat_draft: LoadedModel,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     options, length, draws = CASES[case]
+    monkeypatch.setenv("SEEDQ_ROUND_TOKEN_BUDGET", str(4 * draws))  # every row drafts fully
     options = {"draft": "tiny-flat" if options["engine"] != "batch" else None, **options}
     params = replace(WARPS[warp], max_new_tokens=length, seed=1000)
     generator = make(EngineConfig(target="tiny", **options), sharp_target, flat_draft)
@@ -175,6 +179,8 @@ def test_tokens_follow_the_target_distribution(
         rng = random.Random(7)
         generator.rounds.speculation.policy = lambda alphas, caps: [
             rng.randint(0, cap) for cap in caps]
+    if case.startswith("seed"):  # the chain in the round, the others on the scheduler
+        assert (generator.rounds is not None) == (case == "seed-round-g2")
     try:
         result = generator.run(GroupRequest((PROMPT,) * draws, params))
     finally:

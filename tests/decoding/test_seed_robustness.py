@@ -36,7 +36,11 @@ AFTER = GroupRequest(("the red block is clear", "how many"), SamplingParams(max_
 
 
 @pytest.fixture
-def generator(target: LoadedModel, close_draft: LoadedModel) -> Any:
+def generator(target: LoadedModel, close_draft: LoadedModel,
+              monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Seed generators on the threaded SeeD scheduler (the round batcher off: the round's
+    own robustness is tests/decoding/test_rounds.py's)."""
+    monkeypatch.setenv("SEEDQ_ROUND_BATCHER", "0")
     made: list[LocalGenerator] = []
 
     def build(**options: Any) -> tuple[LocalGenerator, SeedScheduler]:

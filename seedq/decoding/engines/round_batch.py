@@ -27,12 +27,32 @@ from seedq.decoding.models import LanguageModel
 from seedq.decoding.sequence import SequenceState
 
 
+@dataclass(frozen=True)
+class RoundMode:
+    """How a group's rows take part in the round's speculation (a strategy per engine):
+    ``drafts``: they draft with the group's drafter at all; ``planned``: the draft length
+    comes from the cost model and acceptance (``auto``: 0 where it does not pay), else
+    every row drafts its full chain at every step (``seed``: parallel drafting of the
+    round's rows, one FCFS verify forward)."""
+
+    engine: str
+    drafts: bool = False
+    planned: bool = False
+
+
+BATCH = RoundMode("batch")
+AUTO = RoundMode("auto", drafts=True, planned=True)
+SEED = RoundMode("seed", drafts=True)
+MODES = {mode.engine: mode for mode in (BATCH, AUTO, SEED)}
+
+
 @dataclass(eq=False, kw_only=True)
 class RoundGroup(OpenGroup):
     """One caller's group between steps of the round loop."""
 
     runtime: Runtime
-    speculate: bool = False  # an ``auto`` group: its rows draft when the plan says it pays
+    mode: RoundMode = BATCH
+    speculate: bool = False  # its rows draft (mode.drafts, and the runtime has a drafter)
     mixed_forwards: int = 0  # forwards this group shared with rows of other groups
     kv_spans: list[int] | None = None  # per sequence: prompt + max_new_tokens (KV budget)
     peak_kv_bytes: int = 0  # the round cache's bytes and rows seen while the group was in it

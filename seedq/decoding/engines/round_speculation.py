@@ -1,8 +1,11 @@
 """Speculation inside the round (the ``auto`` engine): per step, which rows draft how many
 tokens, the drafts themselves, and settling each row after the shared verify forward.
 
-Rows of ``auto`` groups draft with their runtime's drafter: prompt lookup (free, the
-default) or a draft model (one batched draft forward per depth for all drafting rows). The
+Rows of ``auto`` and ``seed`` groups draft with their runtime's drafter: prompt lookup
+(free, ``auto``'s default) or a draft model (one batched in-place draft forward per depth
+for all of the round's rows that draft with it, :mod:`~seedq.decoding.engines.round_drafts`;
+its cost per forward is refitted online from every draft). ``auto`` rows draft as the plan
+says; ``seed`` rows draft their full chain at every step (within the token budget). The
 plan (:func:`~seedq.decoding.engines.round_plan.plan_lengths`) weighs each row's expected
 accepted tokens against the measured cost of the extra tokens in the target forward (and of
 the draft forwards); rows of ``batch`` groups, and every row when speculation does not pay,
@@ -26,9 +29,9 @@ from dataclasses import dataclass
 
 import torch
 
-from seedq.decoding import kvcache
-from seedq.decoding.drafters import DraftShape, ModelDrafter, NgramDrafter, NgramIndex
+from seedq.decoding.drafters import ModelDrafter, NgramDrafter, NgramIndex
 from seedq.decoding.engines.round_batch import Row
+from seedq.decoding.engines.round_drafts import DraftSlots
 from seedq.decoding.engines.round_plan import (
     Acceptance,
     DraftCost,
@@ -60,7 +63,9 @@ class RoundSpeculation:
         self.target = target
         self.budget = budget
         self.cost: ForwardCost | None = None
-        self.draft_costs: dict[int, DraftCost] = {}
+        self.draft_fits: dict[int, ForwardCost] = {}  # per draft model: seconds per forward
+        self.draft_slots: dict[int, DraftSlots] = {}  # per draft model: its rows' KV
+        self.draft_width: dict[int, float] = {}  # per draft model: mean tokens fed per row
         self.acceptance = Acceptance()
         self.calibration_seconds = 0.0
         # the planning rule: (alphas, caps) -> lengths; None = the cost model's plan_lengths.
@@ -74,9 +79,8 @@ class RoundSpeculation:
             self.cost = calibrate(self.target, self.budget, max_draft + 1)
             log.info("auto: target forward %.2f ms + %.3f ms/token", self.cost.a * 1e3,
                      self.cost.b * 1e3)
-        if isinstance(drafter, ModelDrafter) and id(drafter.model) not in self.draft_costs:
-            fit = calibrate(drafter.model, self.budget, 1)
-            self.draft_costs[id(drafter.model)] = DraftCost(fit.a, fit.b)
+        if isinstance(drafter, ModelDrafter) and id(drafter.model) not in self.draft_fits:
+            self.draft_fits[id(drafter.model)] = calibrate(drafter.model, self.budget, 1)
         self.calibration_seconds += time.perf_counter() - began
 
     def observe_forward(self, tokens: int, seconds: float) -> None:
@@ -87,22 +91,17 @@ class RoundSpeculation:
     def plan(self, rows: list[Row]) -> list[Planned]:
         """Each row's draft for the next forward."""
         plans = [Planned() for _ in rows]
+        self._hold(rows)
         if not any(row.group.speculate for row in rows):
             return plans
         alphas: list[float | None] = []
         caps, lookups = [], []
         for row in rows:
             cap, lookup = self._cap(row)
-            alphas.append(self._alpha(row) if cap else None)
+            alphas.append(self._alpha(row) if cap and row.group.mode.planned else None)
             caps.append(cap)
             lookups.append(lookup)
-        if self.policy is not None:
-            lengths = [min(n, cap) for n, cap in zip(self.policy(alphas, caps), caps, strict=True)]
-        elif self.cost is not None:
-            lengths = plan_lengths(alphas, caps, self.cost, self._draft_cost(rows),
-                                   max_tokens=self.budget)
-        else:
-            lengths = [0] * len(rows)
+        lengths = self._lengths(rows, alphas, caps)
         model_rows = []
         for i, (row, length, lookup) in enumerate(zip(rows, lengths, lookups, strict=True)):
             if lookup is not None:
@@ -111,6 +110,26 @@ class RoundSpeculation:
                 model_rows.append((i, length))
         self._draft_model_rows(rows, plans, model_rows)
         return plans
+
+    def _lengths(self, rows: list[Row], alphas: list[float | None], caps: list[int]
+                 ) -> list[int]:
+        """Planned rows (``auto``) get the plan's lengths, the others (``seed``) their
+        full draft (``caps``)."""
+        planned = [cap if row.group.mode.planned else 0 for row, cap in zip(rows, caps,
+                                                                             strict=True)]
+        if not any(planned):
+            lengths = [0] * len(rows)
+        elif self.policy is not None:
+            lengths = [min(n, cap) for n, cap in zip(self.policy(alphas, planned), planned,
+                                                     strict=True)]
+        elif self.cost is not None:
+            lengths = plan_lengths(alphas, planned, self.cost, self._draft_cost(rows),
+                                   max_tokens=self.budget)
+        else:
+            lengths = [0] * len(rows)
+        widest = max(0, self.budget // len(rows) - 1)  # rows x (1 + depth) within budget
+        return [n if row.group.mode.planned else min(cap, widest)
+                for row, n, cap in zip(rows, lengths, caps, strict=True)]
 
     def _cap(self, row: Row) -> tuple[int, list[int] | None]:
         """The longest draft a row may get now, and its lookup continuation (prompt
@@ -131,10 +150,13 @@ class RoundSpeculation:
         return self.acceptance.of_row(row.group.request.label, row.hits, row.trials)
 
     def _draft_cost(self, rows: list[Row]) -> DraftCost:
-        models = {id(row.group.runtime.drafter.model) for row in rows  # type: ignore[union-attr]
-                  if row.group.speculate and isinstance(row.group.runtime.drafter, ModelDrafter)}
-        costs = [self.draft_costs.get(key, DraftCost()) for key in models]
-        return DraftCost(sum(c.per_depth for c in costs), max([0.0, *(c.per_token for c in costs)]))
+        """A draft forward per depth and draft model computes every row that model holds
+        (the others catch up or pad), each as wide as the model's forwards have been on
+        average (depth 0 feeds each row's pending tokens): ``a + b * held * width``."""
+        per_depth = sum(fit.seconds(round(len(self.draft_slots[key].rows)
+                                          * self.draft_width.get(key, 1.0)))
+                        for key, fit in self.draft_fits.items() if key in self.draft_slots)
+        return DraftCost(per_depth=per_depth)
 
     def _lookup_plan(self, row: Row, tokens: list[int]) -> Planned:
         vocab = self.target.vocab_size
@@ -147,17 +169,41 @@ class RoundSpeculation:
         row.state.metrics.drafted_tokens += len(tree)
         return Planned(tree=tree)
 
+    def _hold(self, rows: list[Row]) -> None:
+        """Each draft model's slots hold exactly the round's rows that draft with it."""
+        held: dict[int, list[Row]] = {}
+        for row in rows:
+            drafter = row.group.runtime.drafter
+            if row.group.speculate and isinstance(drafter, ModelDrafter):
+                held.setdefault(id(drafter.model), []).append(row)
+                if id(drafter.model) not in self.draft_slots:
+                    self.draft_slots[id(drafter.model)] = DraftSlots(drafter.model)
+        for key in list(self.draft_slots):
+            if key in held:
+                self.draft_slots[key].sync(held[key])
+            else:
+                del self.draft_slots[key]  # frees its KV
+
+    def release(self) -> None:
+        """The round is over (or was cleared after a failure): drop every draft KV."""
+        self.draft_slots.clear()
+
     def _draft_model_rows(self, rows: list[Row], plans: list[Planned],
                           chosen: list[tuple[int, int]]) -> None:
-        """One batched draft per draft model over its drafting rows."""
-        by_drafter: dict[int, list[tuple[int, int]]] = {}
+        """One in-place batched draft per draft model over the rows it holds."""
+        by_model: dict[int, list[tuple[int, int]]] = {}
         for i, length in chosen:
-            by_drafter.setdefault(id(rows[i].group.runtime.drafter), []).append((i, length))
-        for picks in by_drafter.values():
-            drafter = rows[picks[0][0]].group.runtime.drafter
+            drafter = rows[i].group.runtime.drafter
             assert isinstance(drafter, ModelDrafter)
-            states = [rows[i].state for i, _ in picks]
-            trees = drafter.draft_many(states, [DraftShape.chain(n) for _, n in picks])
+            by_model.setdefault(id(drafter.model), []).append((i, length))
+        for key, picks in by_model.items():
+            slots = self.draft_slots[key]
+            trees, run = slots.draft([(rows[i], n) for i, n in picks])
+            fit = self.draft_fits.get(key)
+            if fit is not None and run.forwards:
+                fit.observe(run.computed // run.forwards, run.seconds / run.forwards)
+                width = run.computed / (run.forwards * len(slots.rows))
+                self.draft_width[key] = 0.8 * self.draft_width.get(key, width) + 0.2 * width
             for (i, _), tree in zip(picks, trees, strict=True):
                 plans[i] = Planned(tree=tree)
 
@@ -170,10 +216,10 @@ class RoundSpeculation:
         if tree is None:
             raise ValueError("settle() is for drafting rows")
         verdict = decide(state, tree, logits, self.target.vocab_size)
-        drafter = row.group.runtime.drafter
-        if isinstance(drafter, ModelDrafter):
-            drafter.accept(state, verdict)
         accepted = len(verdict.accepted_nodes)
+        slots = self._slots_of(row)
+        if slots is not None:
+            slots.accept(row, accepted)
         self._record(row, accepted, len(tree))
         before = len(state.output_ids)
         row.group.runtime.stop_rule.commit(state, [*tree.path_tokens(verdict.accepted_nodes),
@@ -194,8 +240,15 @@ class RoundSpeculation:
 
 
     def rewind(self, row: Row) -> None:
-        """After a failed draft: the row's draft cache back to its committed tokens."""
-        draft = row.state.draft
-        if draft is not None:
-            kvcache.crop(draft.cache, draft.length)
+        """After a failed draft: nothing of it is kept (a slot's length is reset from the
+        row's committed draft length before its next draft)."""
+        slots = self._slots_of(row)
+        if slots is not None:
+            slots.accept(row, 0)
         row.state.draft_nodes = []
+
+    def _slots_of(self, row: Row) -> DraftSlots | None:
+        drafter = row.group.runtime.drafter
+        if not isinstance(drafter, ModelDrafter):
+            return None
+        return self.draft_slots.get(id(drafter.model))

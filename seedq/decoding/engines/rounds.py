@@ -47,9 +47,22 @@ import torch
 from seedq.decoding import kvcache
 from seedq.decoding.batching import RowInput, forward_rows
 from seedq.decoding.engines import lanes
-from seedq.decoding.engines.base import Chunks, MemoryMeter, Runtime, prepare_group
+from seedq.decoding.engines.base import (
+    Chunks,
+    MemoryMeter,
+    Runtime,
+    prepare_group,
+    store_prompts,
+)
 from seedq.decoding.engines.batch import commit_token
-from seedq.decoding.engines.round_batch import RoundGroup, RoundStorage, Row, new_round_batch
+from seedq.decoding.engines.round_batch import (
+    BATCH,
+    RoundGroup,
+    RoundMode,
+    RoundStorage,
+    Row,
+    new_round_batch,
+)
 from seedq.decoding.engines.round_budget import KvBudget, KvStats, cache_bytes
 from seedq.decoding.engines.round_records import RoundLog
 from seedq.decoding.engines.round_speculation import Planned, RoundSpeculation
@@ -122,16 +135,17 @@ class RoundBatcher:
         return len(self._open)
 
     def submit(self, request: GroupRequest, runtime: Runtime | None = None,
-               speculate: bool = False) -> Future[GroupResult]:
-        """Queue a group; ``speculate``: an ``auto`` group, whose rows draft with its
-        runtime's drafter when the plan says it pays."""
+               mode: RoundMode = BATCH) -> Future[GroupResult]:
+        """Queue a group; ``mode``: plain batched decoding (``batch``), drafting with its
+        runtime's drafter where the plan says it pays (``auto``) or at every step
+        (``seed``)."""
         runtime = runtime or self.runtime
         if runtime.target is not self.runtime.target:
             raise ValueError("a round group must use this batcher's target")
         self._ensure_started()
         group = RoundGroup(request=request, runtime=runtime, future=Future(),
-                           meter=MemoryMeter(runtime.target.device),
-                           speculate=speculate and runtime.drafter is not None)
+                           meter=MemoryMeter(runtime.target.device), mode=mode,
+                           speculate=mode.drafts and runtime.drafter is not None)
         self._open.add(group)
         group.future.add_done_callback(lambda _: self._open.discard(group))
         self._inbox.put(group)
@@ -146,8 +160,8 @@ class RoundBatcher:
             log.info("auto: cost model measured in %.1fs", time.perf_counter() - began)
 
     def run(self, request: GroupRequest, runtime: Runtime | None = None,
-            speculate: bool = False) -> GroupResult:
-        return self.submit(request, runtime, speculate).result()
+            mode: RoundMode = BATCH) -> GroupResult:
+        return self.submit(request, runtime, mode).result()
 
     def close(self) -> None:
         with self._start_lock:
@@ -215,6 +229,7 @@ class RoundBatcher:
             for group in groups:
                 reject(group.future, exc)
             self._batch = new_round_batch()
+            self.speculation.release()
 
     # -- admission ----------------------------------------------------------------------
     def _admit_waiting(self) -> None:
@@ -255,7 +270,7 @@ class RoundBatcher:
             began = time.perf_counter()
             group.busy_at_start = self.busy_seconds
             try:
-                if group.speculate:  # measured once per model, on the first auto group
+                if group.speculate and group.mode.planned:  # once per model, first auto group
                     self.speculation.calibrate(group.runtime.drafter,
                                                group.runtime.config.gamma)
                 group.states = prepare_group(group.runtime, group.request, chunks)
@@ -267,6 +282,7 @@ class RoundBatcher:
         rows, caches = [], []
         for state, row_input, last in zip(group.states, inputs, logits, strict=True):
             state.target.length += len(row_input.tokens)
+            store_prompts(group.runtime, [state])  # whole, for the prompts that extend it
             state.metrics.target_forwards += 1
             state.metrics.verify_seconds += elapsed / len(group.states)
             token = commit_token(group.runtime, state, last[-1])
@@ -415,6 +431,7 @@ class RoundBatcher:
         self._drop(lambda row: row.state.done or row.group.future.done())
         if not self._batch.rows:
             self._last_forward = None  # nobody waits: idle time is no stall
+            self.speculation.release()  # the draft KV of the round's rows
         for row in finished:
             row.group.unfinished -= 1
             row.group.meter.tick()
@@ -429,7 +446,7 @@ class RoundBatcher:
 
     def _finish(self, group: RoundGroup) -> None:
         result = group.result(
-            "auto" if group.speculate else self.name, self.busy_seconds,
+            group.mode.engine, self.busy_seconds,
             round_mixed_forwards=float(group.mixed_forwards),
             round_peak_kv_bytes=float(group.peak_kv_bytes),
             round_peak_rows=float(group.peak_rows),
