@@ -102,9 +102,30 @@ def test_memory_budget_fails_the_hog_alone_and_the_worker_goes_on(
     assert worker.limits.memory.victim is None
 
 
+def test_memory_guard_trims_the_heap_before_failing_a_job() -> None:
+    """Over the budget only by freed pages the allocator kept: after the trim the worker is
+    under it, so no job fails; truly over it, the job fails (and trims stay rate-limited)."""
+    rss, trims = [10 * MB], []
+
+    def trim() -> None:
+        trims.append(1)
+        rss[0] = 2 * MB  # what was in use
+
+    guard = MemoryGuard(5 * MB, rss=lambda: rss[0], trim=trim)
+    guard.check("a")
+    assert len(trims) == 1 and guard.victim is None
+    rss[0] = 10 * MB
+    with pytest.raises(JobTooLarge):  # within the interval: no second trim; over -> fails
+        guard.check("a")
+    assert len(trims) == 1 and guard.victim == "a"
+    guard.release("a")  # its memory is to be reclaimed: the next check trims at once
+    guard.check("b")
+    assert len(trims) == 2 and guard.victim is None
+
+
 def test_memory_guard_fails_one_job_at_a_time() -> None:
     rss = [10 * MB]
-    guard = MemoryGuard(5 * MB, rss=lambda: rss[0])
+    guard = MemoryGuard(5 * MB, rss=lambda: rss[0], trim=lambda: None)
     with pytest.raises(JobTooLarge, match="over its budget of 5 MB"):
         guard.check("a")
     guard.check("b")  # "a" is being failed for it: "b" goes on
