@@ -6,16 +6,21 @@ round really used: its peak KV bytes (the round cache's tensors) and rows, the d
 memory (CUDA allocated bytes, or the process RSS on a CPU) sampled after every forward, how
 many groups and forwards it took and how long. The last :data:`KEEP` rounds are kept
 (``RoundBatcher.stats.rounds``) and each closed round is logged at INFO.
+
+Also the loop's running counters (:class:`RoundStats`) and its two per-forward limits read
+from the environment (:func:`token_budget`, :func:`prefill_chunk`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
 from seedq.decoding.engines.base import MemoryMeter
+from seedq.decoding.engines.round_budget import KvStats
 
 log = logging.getLogger(__name__)
 KEEP = 64
@@ -71,3 +76,37 @@ class RoundLog:
                  "memory %.1f MiB", record.groups, record.forwards, record.seconds,
                  record.peak_kv_bytes / MB, record.peak_rows, record.peak_memory_bytes / MB)
         return record
+
+
+DEFAULT_TOKEN_BUDGET = 64
+DEFAULT_PREFILL_CHUNK = 256
+
+
+def prefill_chunk() -> int:
+    """Prefill tokens per forward of an admitted group (``SEEDQ_PREFILL_CHUNK``, default
+    256; 0: the whole prefill in one forward): the live rows decode between two chunks."""
+    return max(0, int(os.environ.get("SEEDQ_PREFILL_CHUNK", DEFAULT_PREFILL_CHUNK)))
+
+
+def token_budget() -> int:
+    """Tokens (rows) per target forward: ``SEEDQ_ROUND_TOKEN_BUDGET``, default 64."""
+    return max(1, int(os.environ.get("SEEDQ_ROUND_TOKEN_BUDGET", DEFAULT_TOKEN_BUDGET)))
+
+
+@dataclass
+class RoundStats(KvStats):
+    """What the loop did, for tests and benchmarks (KV peaks and waits: :class:`KvStats`)."""
+
+    forwards: int = 0
+    rows: int = 0  # rows over all forwards (rows / forwards = the mean batch)
+    mixed_forwards: int = 0  # forwards with rows of two or more groups
+    joined_mid_round: int = 0  # groups admitted while other groups' rows were live
+    left_mid_round: int = 0  # groups finished while other groups' rows stayed live
+    failed_batches: int = 0  # batched forwards retried group by group
+    tokens: int = 0  # tokens fed over all forwards (rows + draft tokens)
+    drafted: int = 0  # draft tokens verified (auto groups)
+    accepted: int = 0  # of those, accepted
+    compactions: int = 0  # times the cache's holes were squeezed out
+    prefill_chunks: int = 0  # chunk boundaries of admitted groups' prefills
+    steps_between_chunks: int = 0  # decode steps run between two chunks of a prefill
+    longest_stall: float = 0.0  # seconds live rows waited between two of their forwards

@@ -32,14 +32,12 @@ Peaks per idle-to-idle round: :mod:`~seedq.decoding.engines.round_records`.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -63,8 +61,8 @@ from seedq.decoding.engines.round_batch import (
     Row,
     new_round_batch,
 )
-from seedq.decoding.engines.round_budget import KvBudget, KvStats, cache_bytes
-from seedq.decoding.engines.round_records import RoundLog
+from seedq.decoding.engines.round_budget import KvBudget, cache_bytes
+from seedq.decoding.engines.round_records import RoundLog, RoundStats, prefill_chunk, token_budget
 from seedq.decoding.engines.round_speculation import Planned, RoundSpeculation
 from seedq.decoding.engines.seed_groups import reject, resolve
 from seedq.decoding.types import DecodingError, GroupRequest, GroupResult
@@ -72,40 +70,6 @@ from seedq.decoding.types import DecodingError, GroupRequest, GroupResult
 log = logging.getLogger(__name__)
 
 _STOP = object()
-DEFAULT_TOKEN_BUDGET = 64
-DEFAULT_PREFILL_CHUNK = 256
-
-
-def prefill_chunk() -> int:
-    """Prefill tokens per forward of an admitted group (``SEEDQ_PREFILL_CHUNK``, default
-    256; 0: the whole prefill in one forward): the live rows decode between two chunks."""
-    return max(0, int(os.environ.get("SEEDQ_PREFILL_CHUNK", DEFAULT_PREFILL_CHUNK)))
-
-
-def token_budget() -> int:
-    """Tokens (rows) per target forward: ``SEEDQ_ROUND_TOKEN_BUDGET``, default 64."""
-    return max(1, int(os.environ.get("SEEDQ_ROUND_TOKEN_BUDGET", DEFAULT_TOKEN_BUDGET)))
-
-
-@dataclass
-class RoundStats(KvStats):
-    """What the loop did, for tests and benchmarks (KV peaks and waits: :class:`KvStats`)."""
-
-    forwards: int = 0
-    rows: int = 0  # rows over all forwards (rows / forwards = the mean batch)
-    mixed_forwards: int = 0  # forwards with rows of two or more groups
-    joined_mid_round: int = 0  # groups admitted while other groups' rows were live
-    left_mid_round: int = 0  # groups finished while other groups' rows stayed live
-    failed_batches: int = 0  # batched forwards retried group by group
-    tokens: int = 0  # tokens fed over all forwards (rows + draft tokens)
-    drafted: int = 0  # draft tokens verified (auto groups)
-    accepted: int = 0  # of those, accepted
-    compactions: int = 0  # times the cache's holes were squeezed out
-    prefill_chunks: int = 0  # chunk boundaries of admitted groups' prefills
-    steps_between_chunks: int = 0  # decode steps run between two chunks of a prefill
-    longest_stall: float = 0.0  # seconds live rows waited between two of their forwards
-
-
 class RoundBatcher:
     name = "batch"
 
