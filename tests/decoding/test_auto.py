@@ -83,6 +83,20 @@ def submit_staggered(monkeypatch: pytest.MonkeyPatch,
     return futures
 
 
+def staggered_like_ar(target: LoadedModel, owners: list[LocalGenerator],
+                      monkeypatch: pytest.MonkeyPatch) -> list[GroupResult]:
+    """The five groups of ``requests`` (different lengths, a stop string), the i-th through
+    ``owners[i]``, joining mid-round (:func:`submit_staggered`); asserts each gives ``ar``'s
+    tokens and returns the results."""
+    probe = ar_tokens(target, GroupRequest((PROMPTS[6],), SamplingParams(max_new_tokens=18)))
+    stop = target.tokenizer.decode(probe[0][5:7])
+    jobs = list(zip(owners, requests(target.tokenizer, stop), strict=True))
+    expected = [ar_tokens(target, r) for _, r in jobs]
+    results = [f.result(timeout=WAIT) for f in submit_staggered(monkeypatch, jobs)]
+    assert [tokens(r) for r in results] == expected
+    return results
+
+
 @pytest.mark.parametrize("policy", ["cost-model", "full", "random"])
 def test_greedy_identical_to_ar_while_groups_join_and_leave(
     policy: str, auto_pair: tuple[LocalGenerator, ...], target: LoadedModel,
@@ -92,13 +106,7 @@ def test_greedy_identical_to_ar_while_groups_join_and_leave(
     assert lookup.rounds is not None
     if policy != "cost-model":
         lookup.rounds.speculation.policy = full_policy if policy == "full" else random_policy(3)
-    probe = ar_tokens(target, GroupRequest((PROMPTS[6],), SamplingParams(max_new_tokens=18)))
-    stop = target.tokenizer.decode(probe[0][5:7])
-    owners = [lookup, model, batch, model, lookup]
-    jobs = list(zip(owners, requests(target.tokenizer, stop), strict=True))
-    expected = [ar_tokens(target, r) for _, r in jobs]
-    results = [f.result(timeout=WAIT) for f in submit_staggered(monkeypatch, jobs)]
-    assert [tokens(r) for r in results] == expected
+    results = staggered_like_ar(target, [lookup, model, batch, model, lookup], monkeypatch)
     assert [r.engine for r in results] == ["auto", "auto", "batch", "auto", "auto"]
     stats = lookup.rounds.stats
     assert stats.mixed_forwards > 0 and stats.joined_mid_round > 0

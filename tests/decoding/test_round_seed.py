@@ -20,9 +20,9 @@ from seedq.decoding.factory import LocalGenerator, generator_from_models, round_
 from seedq.decoding.loading import LoadedModel
 from seedq.decoding.types import GroupRequest, SamplingParams
 from tests.decoding.conftest import PROMPTS, make
-from tests.decoding.hooks import WAIT, tokens
-from tests.decoding.test_auto import submit_staggered
-from tests.decoding.test_rounds import ar_tokens, requests
+from tests.decoding.hooks import tokens
+from tests.decoding.test_auto import staggered_like_ar
+from tests.decoding.test_rounds import ar_tokens
 
 
 @pytest.fixture
@@ -44,13 +44,7 @@ def test_seed_groups_join_and_leave_mid_round_and_give_what_ar_gives(
     trio: tuple[LocalGenerator, ...], target: LoadedModel, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     seed, lookup, batch = trio
-    probe = ar_tokens(target, GroupRequest((PROMPTS[6],), SamplingParams(max_new_tokens=18)))
-    stop = target.tokenizer.decode(probe[0][5:7])
-    owners = [seed, batch, lookup, seed, batch]
-    jobs = list(zip(owners, requests(target.tokenizer, stop), strict=True))
-    expected = [ar_tokens(target, r) for _, r in jobs]
-    results = [f.result(timeout=WAIT) for f in submit_staggered(monkeypatch, jobs)]
-    assert [tokens(r) for r in results] == expected
+    results = staggered_like_ar(target, [seed, batch, lookup, seed, batch], monkeypatch)
     assert [r.engine for r in results] == ["seed", "batch", "seed", "seed", "batch"]
     stats = seed.rounds.stats  # type: ignore[union-attr]
     assert stats.mixed_forwards > 0 and stats.joined_mid_round > 0 and stats.left_mid_round > 0

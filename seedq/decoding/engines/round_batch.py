@@ -52,11 +52,15 @@ class RoundGroup(OpenGroup):
 
     runtime: Runtime
     mode: RoundMode = BATCH
-    speculate: bool = False  # its rows draft (mode.drafts, and the runtime has a drafter)
     mixed_forwards: int = 0  # forwards this group shared with rows of other groups
     kv_spans: list[int] | None = None  # per sequence: prompt + max_new_tokens (KV budget)
     peak_kv_bytes: int = 0  # the round cache's bytes and rows seen while the group was in it
     peak_rows: int = 0
+
+    @property
+    def speculate(self) -> bool:
+        """Its rows draft: its engine drafts and its runtime has a drafter."""
+        return self.mode.drafts and self.runtime.drafter is not None
 
 
 @dataclass(eq=False)

@@ -25,7 +25,6 @@ into the exact verification, so drafting here changes speed, never the output.""
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -35,7 +34,13 @@ import torch
 from seedq.decoding import kvcache
 from seedq.decoding.drafters import candidates
 from seedq.decoding.engines.round_batch import Row
-from seedq.decoding.engines.round_slots import BLOCK, GROWTH, _run
+from seedq.decoding.engines.round_slots import (
+    BLOCK,
+    forward_feeds,
+    grown,
+    release_slots,
+    shaped_like,
+)
 from seedq.decoding.models import LanguageModel
 from seedq.decoding.sampling import warp_probs
 from seedq.decoding.slot_cache import SlotCache, kv_pairs
@@ -66,14 +71,11 @@ class DraftSlots:
         their prefilled draft caches (``state.draft``; its tensors are dropped after)."""
         wanted = list(dict.fromkeys(rows))
         keep = set(wanted)
-        for slot in range(len(self.rows) - 1, -1, -1):
-            if self.rows[slot] in keep:
-                continue
+        gone = {slot for slot, row in enumerate(self.rows) if row not in keep}
+        for slot in gone:
             self._fed.pop(self.rows[slot], None)
-            moved = self._checked().release(slot)
-            if moved is not None:
-                self.rows[slot] = self.rows[moved]
-            self.rows.pop()
+        if gone:
+            release_slots(self._checked(), self.rows, gone)
         if not self.rows:
             self.cache = None  # frees it
         present = set(self.rows)
@@ -96,10 +98,6 @@ class DraftSlots:
                 cache.load(slot, draft.cache, length)
             draft.cache = kvcache.new_cache()  # the slot holds its KV now
             self.rows.append(row)
-
-    def clear(self) -> None:
-        self.rows, self.cache = [], None
-        self._fed.clear()
 
     # -- drafting -----------------------------------------------------------------------
     def draft(self, picks: list[tuple[Row, int]]) -> tuple[list[DraftTree], DraftRun]:
@@ -140,7 +138,7 @@ class DraftSlots:
         began = time.perf_counter()
         q = max(len(feed) for feed in feeds)
         cache = self._reserve(len(self.rows), self._longest() + q)
-        logits = _run(self.model, cache, feeds)
+        logits = forward_feeds(self.model, cache, feeds)
         for slot, feed in enumerate(feeds):
             cache.commit(slot, len(feed))
         run.forwards += 1
@@ -192,20 +190,18 @@ class DraftSlots:
 
     def _reserve(self, slots: int, need: int, template: Row | None = None) -> SlotCache:
         """Room for ``slots`` rows of ``need`` positions (one reallocation when short:
-        positions to ``GROWTH`` x need rounded up to the block)."""
+        positions to :func:`~seedq.decoding.engines.round_slots.grown`)."""
         cache = self.cache
         if cache is not None and slots <= cache.slots and need <= cache.capacity:
             return cache
-        capacity = -(-math.ceil(need * GROWTH) // self.block) * self.block
+        capacity = grown(need, self.block)
         if cache is not None:
             cache.resize(max(capacity, cache.capacity), max(slots, cache.active))
             return cache
         assert template is not None and template.state.draft is not None
         pairs = kv_pairs(template.state.draft.cache)
         if pairs:  # the prefilled cache's own shape, dtype and device
-            keys = pairs[0][0]  # [1, kv_heads, length, head_dim]
-            self.cache = SlotCache.shaped(len(pairs), int(keys.shape[1]), int(keys.shape[3]),
-                                          slots, capacity, keys.dtype, keys.device, self.block)
+            self.cache = shaped_like(pairs, slots, capacity, self.block)
         else:  # nothing prefilled (a one-token prompt): the model's config
             self.cache = SlotCache(self.model.model.config, slots, capacity, self.model.dtype,
                                    self.model.device, self.block)

@@ -91,13 +91,7 @@ class SlotRoundBatch:
         if not indices:
             self.rows, self.cache = [], None  # frees the cache
             return
-        cache = self._checked()
-        kept = set(indices)
-        for slot in sorted(set(range(len(self.rows))) - kept, reverse=True):
-            moved = cache.release(slot)  # the last row is kept or is this one
-            if moved is not None:
-                self.rows[slot] = self.rows[moved]
-            self.rows.pop()
+        release_slots(self._checked(), self.rows, set(range(len(self.rows))) - set(indices))
 
     # -- forwards -----------------------------------------------------------------------
     def forward(self, model: LanguageModel, drafts: list[list[int]] | None = None
@@ -111,7 +105,7 @@ class SlotRoundBatch:
         q = max(len(feed) for feed in feeds)
         self._checked(check_positions=True)
         cache = self._reserve(len(self.rows), self.width + q)
-        logits = _run(model, cache, feeds)
+        logits = forward_feeds(model, cache, feeds)
         return [row_logits[: len(feed)] for row_logits, feed in zip(logits, feeds, strict=True)]
 
     def settle(self, kept: list[int], q: int) -> None:
@@ -139,7 +133,7 @@ class SlotRoundBatch:
         alone = _like(cache, len(indices), max(lengths) + q)
         for i, length in zip(indices, lengths, strict=True):
             alone.load(alone.allocate(), _slot_kv(cache, i, length), length)
-        logits = _run(model, alone, [feeds[i] for i in indices])
+        logits = forward_feeds(model, alone, [feeds[i] for i in indices])
         return [logits[k][: len(feeds[i])] for k, i in enumerate(indices)], alone
 
     def extend(self, pieces: list[tuple[list[int], SlotCache]], q: int) -> None:
@@ -188,20 +182,41 @@ class SlotRoundBatch:
             return cache
         if not template:
             raise RuntimeError("slot round: no cache to reserve room in")
-        keys = template[0][0]  # [1, kv_heads, length, head_dim]
-        self.cache = SlotCache.shaped(len(template), int(keys.shape[1]), int(keys.shape[3]),
-                                      slots, capacity, keys.dtype, keys.device, self.block)
+        self.cache = shaped_like(template, slots, capacity, self.block)
         return self.cache
 
 
 def _capacity(need: int, rows: Sequence[Row], block: int) -> int:
     """``need`` with headroom: ``GROWTH`` x it rounded up to ``block``, but not past the
     longest the rows can get (position + remaining new tokens; unknown without states)."""
-    roomy = -(-math.ceil(need * GROWTH) // block) * block
+    roomy = grown(need, block)
     spans = [_span(row) for row in rows]
     if spans and all(span is not None for span in spans):
         roomy = min(roomy, max(span for span in spans if span is not None))
     return max(need, roomy)
+
+
+def grown(need: int, block: int) -> int:
+    """``need`` positions with headroom: ``GROWTH`` x it, rounded up to ``block``."""
+    return -(-math.ceil(need * GROWTH) // block) * block
+
+
+def shaped_like(pairs: Sequence[KV], slots: int, capacity: int, block: int) -> SlotCache:
+    """An empty slot cache with the layers, KV heads, head size, dtype and device of
+    per-layer ``(keys, values)`` ``[1, kv_heads, length, head_dim]``."""
+    keys = pairs[0][0]
+    return SlotCache.shaped(len(pairs), int(keys.shape[1]), int(keys.shape[3]), slots,
+                            capacity, keys.dtype, keys.device, block)
+
+
+def release_slots(cache: SlotCache, rows: list[Row], gone: set[int]) -> None:
+    """Free the slots ``gone`` of ``rows`` (row i = slot i): the last row moves into each
+    freed slot, in ``rows`` too, so rows stay in slot order."""
+    for slot in sorted(gone, reverse=True):
+        moved = cache.release(slot)  # the last row is kept or is this one
+        if moved is not None:
+            rows[slot] = rows[moved]
+        rows.pop()
 
 
 def _span(row: Row) -> int | None:
@@ -211,7 +226,8 @@ def _span(row: Row) -> int | None:
     return row.position + max(row.state.remaining, 1)
 
 
-def _run(model: LanguageModel, cache: SlotCache, feeds: list[list[int]]) -> torch.Tensor:
+def forward_feeds(model: LanguageModel, cache: SlotCache, feeds: list[list[int]]
+                  ) -> torch.Tensor:
     """Logits ``[rows, q, V]`` (float, CPU) of the first ``len(feeds)`` slots' feeds."""
     counts = [len(feed) for feed in feeds]
     q = max(counts)

@@ -123,7 +123,7 @@ class RoundSpeculation:
             lengths = [min(n, cap) for n, cap in zip(self.policy(alphas, planned), planned,
                                                      strict=True)]
         elif self.cost is not None:
-            lengths = plan_lengths(alphas, planned, self.cost, self._draft_cost(rows),
+            lengths = plan_lengths(alphas, planned, self.cost, self._draft_cost(),
                                    max_tokens=self.budget)
         else:
             lengths = [0] * len(rows)
@@ -149,7 +149,7 @@ class RoundSpeculation:
     def _alpha(self, row: Row) -> float:
         return self.acceptance.of_row(row.group.request.label, row.hits, row.trials)
 
-    def _draft_cost(self, rows: list[Row]) -> DraftCost:
+    def _draft_cost(self) -> DraftCost:
         """A draft forward per depth and draft model computes every row that model holds
         (the others catch up or pad), each as wide as the model's forwards have been on
         average (depth 0 feeds each row's pending tokens): ``a + b * held * width``."""

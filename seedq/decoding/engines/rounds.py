@@ -108,8 +108,7 @@ class RoundBatcher:
             raise ValueError("a round group must use this batcher's target")
         self._ensure_started()
         group = RoundGroup(request=request, runtime=runtime, future=Future(),
-                           meter=MemoryMeter(runtime.target.device), mode=mode,
-                           speculate=mode.drafts and runtime.drafter is not None)
+                           meter=MemoryMeter(runtime.target.device), mode=mode)
         self._open.add(group)
         group.future.add_done_callback(lambda _: self._open.discard(group))
         self._inbox.put(group)
