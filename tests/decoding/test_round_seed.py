@@ -9,6 +9,7 @@ off) go to the SeeD scheduler."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -20,7 +21,7 @@ from seedq.decoding.factory import LocalGenerator, generator_from_models, round_
 from seedq.decoding.loading import LoadedModel
 from seedq.decoding.types import GroupRequest, SamplingParams
 from tests.decoding.conftest import PROMPTS, make
-from tests.decoding.hooks import tokens
+from tests.decoding.hooks import WAIT, tokens
 from tests.decoding.test_auto import staggered_like_ar
 from tests.decoding.test_rounds import ar_tokens
 
@@ -120,5 +121,32 @@ def test_seed_outside_the_round_runs_on_the_scheduler(
     try:
         assert generator.rounds is None and isinstance(generator.engine, SeedScheduler)
         assert tokens(generator.run(request)) == ar_tokens(target, request)
+    finally:
+        generator.close()
+
+
+def test_a_cancelled_seed_group_leaves_and_the_next_is_served(
+    target: LoadedModel, close_draft: LoadedModel
+) -> None:
+    """Cancelled mid-way (after its rows drafted), the group's rows leave the round and the
+    draft slots; the next seed group gives ar's tokens."""
+    generator = make(EngineConfig(engine="seed", target="tiny", draft="tiny-draft", gamma=3),
+                     target, close_draft)
+    rounds = generator.rounds
+    assert rounds is not None
+    after = GroupRequest(PROMPTS[2:4], SamplingParams(max_new_tokens=12))
+    try:
+        victim = rounds.submit(GroupRequest(PROMPTS[:3], SamplingParams(max_new_tokens=400)),
+                               generator.runtime, SEED)
+        deadline = time.monotonic() + WAIT
+        while rounds.stats.drafted == 0:  # its rows are drafting in the round
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        assert victim.cancel()
+        result = rounds.submit(after, generator.runtime, SEED).result(timeout=WAIT)
+        assert tokens(result) == ar_tokens(target, after)
+        assert rounds.open_groups == 0
+        held = [len(slots.rows) for slots in rounds.speculation.draft_slots.values()]
+        assert sum(held) == 0  # the round ended: no draft KV kept
     finally:
         generator.close()
