@@ -47,6 +47,7 @@ class WorkerLiveness(RQOutcomes):
     _heartbeat: Heartbeat | None
     _loop: asyncio.AbstractEventLoop | None
     _stop: asyncio.Event
+    _cold_exit: threading.Thread | None
 
     def register_worker(self) -> None:
         try:
@@ -122,6 +123,7 @@ class WorkerLiveness(RQOutcomes):
         if self._stop_requested:
             log.warning("worker %s: second %s, exiting now", self.name, signal.Signals(signum).name)
             self.force_exit(128 + signum)
+            return
         self._stop_requested = True
         log.warning(
             "worker %s: %s, no new jobs; finishing or checkpointing %d running",
@@ -133,10 +135,42 @@ class WorkerLiveness(RQOutcomes):
             self._loop.call_soon_threadsafe(self._stop.set)
 
     def force_exit(self, code: int) -> None:
-        """Put every running job back (Redis, then database), record death, exit now."""
-        with self._lock:
+        """Put every running job back (Redis, then database), record death, end the process.
+
+        A signal handler runs on the main thread on top of whatever it was doing, which may
+        hold a lock the put-back needs (the Redis or database pool's, ``self._lock``); waiting
+        there for the put-back would wait for itself. So this only starts the cold exit on its
+        own thread and returns at once; that thread ends the process within
+        ``FORCE_EXIT_SECONDS`` whatever happens, and :meth:`await_cold_exit` keeps the main
+        thread from ending it first."""
+        if self._cold_exit is not None:
+            return
+        try:  # no lock here (see above); one C-level copy under the GIL
             runs = list(self.running.values())
-        helper = threading.Thread(target=finish.abandon_all, args=(self, runs), daemon=True)
+        except RuntimeError:  # changed size meanwhile: the cold exit looks again
+            runs = []
+        self._cold_exit = threading.Thread(
+            target=self._exit_cold, args=(code, runs), name="seedq-cold-exit", daemon=True
+        )
+        self._cold_exit.start()
+
+    def await_cold_exit(self) -> None:
+        """The main thread is about to return: if a cold exit is under way, let it end the
+        process (with the jobs put back) rather than the interpreter's exit."""
+        if self._cold_exit is not None:
+            self._cold_exit.join()
+
+    def _exit_cold(self, code: int, runs: list[Running]) -> None:
+        helper = threading.Thread(target=self._put_back, args=(runs,), daemon=True)
         helper.start()
         helper.join(FORCE_EXIT_SECONDS)
+        if helper.is_alive():
+            log.error("worker %s: running jobs not put back within %.0fs; maintenance will "
+                      "recover them", self.name, FORCE_EXIT_SECONDS)
         os._exit(code)
+
+    def _put_back(self, runs: list[Running]) -> None:
+        with self._lock:  # taken off the main thread, so it can let go of it
+            now_running = list(self.running.values())
+        by_id = {r.job_id: r for r in (*runs, *now_running)}  # FCFS order, each once
+        finish.abandon_all(self, list(by_id.values()))

@@ -105,6 +105,7 @@ class TreeWorker(WorkerLiveness):
         self.store_guard = StoreGuard(services.store_id, self.name)
         self._heartbeat = None
         self._loop = None
+        self._cold_exit = None
         self._stop = asyncio.Event()
         self._slot_freed = asyncio.Event()
 
@@ -130,7 +131,10 @@ class TreeWorker(WorkerLiveness):
 
     def work(self, burst: bool = False, *args: Any, **kwargs: Any) -> bool:
         """Run until stopped (or, with ``burst``, until the queue is drained)."""
-        return asyncio.run(self.work_async(burst)) > 0
+        try:
+            return asyncio.run(self.work_async(burst)) > 0
+        finally:
+            self.await_cold_exit()
 
     async def work_async(self, burst: bool = False) -> int:
         self._loop = asyncio.get_running_loop()

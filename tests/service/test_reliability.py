@@ -194,3 +194,48 @@ def test_jobs_redis_lost_come_back_at_once_even_with_newer_work_queued(
     report = Maintenance(services, services.queue(), "m").run()
     assert report.orphans == lost
     assert waiting(services) == newer + lost
+
+
+def test_a_second_sigterm_on_a_thread_holding_the_pools_locks_still_puts_jobs_back(
+    services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal handler runs on top of whatever the main thread was doing: here it was
+    inside a Redis call (the pool's lock) and adding a job to ``running`` (the worker's
+    lock). The handler must return at once, and the jobs must be back, in the database and
+    on the queue, before the process ends."""
+    import signal
+
+    from seedq.service import liveness
+
+    ids = submit(services, tmp_path, 2)
+    worker = TreeWorker(services, lambda: CannedGenerator(0.5), install_signals=False,
+                        round_size=2)
+    thread = threading.Thread(target=worker.work, daemon=True)
+    thread.start()
+    wait_until(lambda: len(worker.running) == 2)
+    at_exit: list[tuple[int, dict[str, int], list[str]]] = []
+    exited = threading.Event()
+
+    def fake_exit(code: int) -> None:  # what the process would leave behind
+        counts = reports.summarize(services.db, [q.batch_of(ids[0])])[0].counts
+        at_exit.append((code, counts, waiting(services)))
+        exited.set()
+        # returning ends the cold-exit thread only
+
+    monkeypatch.setattr(liveness.os, "_exit", fake_exit)
+    returned = threading.Event()
+
+    def interrupted_main_thread() -> None:
+        with services.redis.connection_pool._lock, worker._lock:
+            worker.on_signal(signal.SIGTERM, None)
+            worker.on_signal(signal.SIGTERM, None)
+            returned.set()
+            exited.wait(1.0)  # still holding them a while: the cold exit must wait for us
+
+    main = threading.Thread(target=interrupted_main_thread, daemon=True)
+    main.start()
+    assert returned.wait(2.0), "the second signal's handler blocked"
+    assert exited.wait(10.0)
+    assert at_exit == [(128 + signal.SIGTERM, {"queued": 2}, ids)]
+    thread.join(20)
+    assert not thread.is_alive()
