@@ -129,7 +129,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     generator = load_engine(argparse.Namespace(target=args.target, draft=args.draft),
                             args.engine)
     recorder = Recorder(generator)
-    generator.runtime.prefix = PrefixCaches.from_env()  # cold
+    generator.runtime.prefix = PrefixCaches.with_limit(
+        generator.runtime.options.prefix_cache_bytes)  # cold
     defaults = SearchParams().updated({
         "breadth": args.breadth, "depth": args.depth, "beam": 1,
         "max_new_tokens": args.max_new_tokens,

@@ -22,12 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # benchmark names that are not engine names: (engine, draft or None for --draft)
 VARIANTS = {"batch-group": ("batch", None), "seed-scheduler": ("seed", None),
             "seed-ngram": ("seed", "ngram")}
-OUTSIDE_ROUND = ("batch-group", "seed-scheduler")  # SEEDQ_ROUND_BATCHER=0
+OUTSIDE_ROUND = ("batch-group", "seed-scheduler")  # round_batcher off (SEEDQ_ROUND_BATCHER=0)
 
 
 def load_engine(args: argparse.Namespace, name: str) -> LocalGenerator:
@@ -86,15 +86,8 @@ def load_engine(args: argparse.Namespace, name: str) -> LocalGenerator:
         engine=engine, target_model=args.target,
         draft_model=VARIANTS.get(name, (name, draft))[1] or draft,
     )
-    previous = os.environ.get("SEEDQ_ROUND_BATCHER")
-    os.environ["SEEDQ_ROUND_BATCHER"] = "0" if name in OUTSIDE_ROUND else "1"
-    try:
-        return load_generator(settings.engine_config())
-    finally:
-        if previous is None:
-            del os.environ["SEEDQ_ROUND_BATCHER"]
-        else:
-            os.environ["SEEDQ_ROUND_BATCHER"] = previous
+    options = replace(settings.decoding, round_batcher=name not in OUTSIDE_ROUND)
+    return load_generator(settings.engine_config(), options)
 
 
 def run_once(args: argparse.Namespace, generator: LocalGenerator, round_size: int,
@@ -111,7 +104,8 @@ def run_once(args: argparse.Namespace, generator: LocalGenerator, round_size: in
     })
     plan = oneshot.RunPlan(settings, args.data, "gsm8k", defaults, args.lines,
                            round_size=round_size)
-    generator.runtime.prefix = PrefixCaches.from_env()  # every run starts cold
+    limit = generator.runtime.options.prefix_cache_bytes
+    generator.runtime.prefix = PrefixCaches.with_limit(limit)  # every run starts cold
     before = round_counters(generator)
     began = time.perf_counter()
     outcome = oneshot.run_file(plan, lambda: generator)

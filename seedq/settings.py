@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from seedq.decoding.options import DecodingOptions, OptionsError
 
 if TYPE_CHECKING:
     from seedq.decoding.config import EngineConfig
@@ -66,24 +68,14 @@ def _env_float(env: Mapping[str, str], name: str, default: float, low: float) ->
     return value
 
 
-def check_decoding_env(env: Mapping[str, str]) -> None:
-    """The decoding engines read these variables where they are used (the prefix cache, the
-    round batcher, the SeeD lanes); they are checked here, when the settings are read, so a
-    bad value is one error naming the variable at start instead of a failure at first use."""
-    _env_float(env, "SEEDQ_PREFIX_CACHE_MB", 0.0, 0.0)
-    _env_int(env, "SEEDQ_ROUND_TOKEN_BUDGET", 1, 1)
-    _env_float(env, "SEEDQ_ROUND_KV_MB", 0.0, 0.0)
-    _env_int(env, "SEEDQ_PREFILL_CHUNK", 0, 0)
-    choices = {"SEEDQ_ROUND_KV": ("slots", "dynamic"), "SEEDQ_ROUND_BATCHER": ("0", "1"),
-               "SEEDQ_ATTENTION": ("packed", "sdpa")}
-    for name, allowed in choices.items():
-        raw = env.get(name)
-        if raw not in (None, "", *allowed):
-            raise SettingsError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
-    threads = env.get("SEEDQ_SEED_THREADS")
-    if threads and not re.fullmatch(r"\d+,\d+", threads.strip()):
-        raise SettingsError("SEEDQ_SEED_THREADS must be VERIFIER,DRAFTER thread counts "
-                            f"like 2,1, got {threads!r}")
+def decoding_options(env: Mapping[str, str]) -> DecodingOptions:
+    """The decoding options (prefix cache, round batcher, attention, SeeD threads, model
+    cache; :mod:`seedq.decoding.options`), read with the other settings so that a bad value
+    is one error naming the variable at start instead of a failure at first use."""
+    try:
+        return DecodingOptions.from_env(env)
+    except OptionsError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def _env_str(env: Mapping[str, str], name: str, default: str | None) -> str | None:
@@ -143,6 +135,8 @@ class Settings:
     max_tree_nodes: int = 65_536  # breadth x depth x draft tree size
     max_draft_tree: int = 256  # nodes of a --k-config draft tree
     worker_memory_budget_mb: int | None = None  # None: 75% of RAM; 0: no guard
+    # prefix cache, round batcher, attention, SeeD threads, model cache (SEEDQ_ROUND_* ...)
+    decoding: DecodingOptions = field(default_factory=DecodingOptions)
 
     def __post_init__(self) -> None:
         if self.heartbeat_ttl <= self.heartbeat_seconds:
@@ -155,7 +149,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read ``SEEDQ_*`` variables (``os.environ`` by default)."""
         env = os.environ if env is None else env
-        check_decoding_env(env)
+        decoding = decoding_options(env)
         heartbeat = _env_float(env, "SEEDQ_HEARTBEAT_SECONDS", cls.heartbeat_seconds, 0.05)
         default_ttl = max(cls.heartbeat_ttl, int(heartbeat * 4) + 1)
         return cls(
@@ -188,6 +182,7 @@ class Settings:
             result_ttl=_env_int(env, "SEEDQ_RESULT_TTL", cls.result_ttl, 1),
             metrics_port=_env_port(env, "SEEDQ_METRICS_PORT"),
             metrics_addr=_env_str(env, "SEEDQ_METRICS_ADDR", "0.0.0.0") or "0.0.0.0",
+            decoding=decoding,
             **_guard_settings(env),
         )
 
@@ -231,6 +226,8 @@ class Settings:
             value = getattr(self, f.name)
             if f.name.endswith("_url") and isinstance(value, str):
                 value = _mask_password(value)
+            elif isinstance(value, DecodingOptions):
+                value = asdict(value)
             out[f.name] = value
         return out
 

@@ -31,7 +31,7 @@ def generator_factory(settings: Settings) -> GeneratorFactory:
     def load() -> GroupGenerator:
         from seedq.decoding.factory import load_generator
 
-        return load_generator(config)
+        return load_generator(config, settings.decoding)
 
     return load
 

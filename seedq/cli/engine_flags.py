@@ -20,6 +20,7 @@ import click
 
 from seedq.decoding import registry
 from seedq.decoding.config import DTYPES, MCSD_RULES, EngineConfig
+from seedq.decoding.options import DecodingOptions, OptionsError
 from seedq.decoding.types import DecodingError
 from seedq.service import engines
 
@@ -168,4 +169,13 @@ def local_engine_config(options: dict[str, Any]) -> EngineConfig:
             device=models["device"], dtype=models["dtype"], **speculation,
         )
     except DecodingError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def local_decoding_options() -> DecodingOptions:
+    """``seedq generate`` / ``seedq solve``: the decoding options from ``SEEDQ_*`` variables,
+    read once; a bad value is a usage error naming the variable."""
+    try:
+        return DecodingOptions.from_env()
+    except OptionsError as exc:
         raise click.UsageError(str(exc)) from exc

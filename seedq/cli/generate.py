@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from seedq.cli.engine_flags import local_engine_config, local_engine_flags
+from seedq.cli.engine_flags import local_decoding_options, local_engine_config, local_engine_flags
 from seedq.decoding.types import DecodingError, GroupRequest, GroupResult, SamplingParams
 
 
@@ -106,7 +106,7 @@ def generate(**options: Any) -> None:
                                options["chat"])
         from seedq.decoding.factory import load_generator
 
-        generator = load_generator(config)
+        generator = load_generator(config, local_decoding_options())
         try:
             result = generator.run(request)
         finally:

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 import click
 
-from seedq.cli.engine_flags import local_engine_config, local_engine_flags
+from seedq.cli.engine_flags import local_decoding_options, local_engine_config, local_engine_flags
 from seedq.cli.progress import TreeProgress
 from seedq.cli.tree_flags import take_search, tree_flags
 from seedq.decoding.config import EngineConfig
@@ -57,7 +57,7 @@ def open_generator(config: EngineConfig) -> GroupGenerator:
         from seedq.decoding.factory import load_generator
     except ImportError as exc:
         raise click.ClickException(f"the decoding engines are not available: {exc}") from exc
-    return load_generator(config)
+    return load_generator(config, local_decoding_options())
 
 
 async def close_generator(generator: GroupGenerator) -> None:

@@ -21,7 +21,6 @@ rows of the benchmarks measure transformers as shipped).
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -31,10 +30,11 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
+from seedq.decoding.options import ATTENTION_KINDS
+
 log = logging.getLogger(__name__)
 
 NAME = "seedq_sdpa"
-ATTENTION_KINDS = ("packed", "sdpa")
 
 
 def packed_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
@@ -69,21 +69,16 @@ def _register() -> None:
         ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
 
 
-def attention_kind() -> str:
-    kind = os.environ.get("SEEDQ_ATTENTION", "packed").strip().lower() or "packed"
+def install(model: Any, kind: str = "packed") -> bool:
+    """Switch a transformers model running ``sdpa`` to :func:`packed_sdpa` when ``kind`` is
+    ``packed`` (``DecodingOptions.attention``, ``SEEDQ_ATTENTION``); ``sdpa`` keeps
+    transformers' own; other implementations (eager, flash) are left alone."""
     if kind not in ATTENTION_KINDS:
-        raise ValueError(f"SEEDQ_ATTENTION: must be one of {', '.join(ATTENTION_KINDS)}, "
-                         f"got {kind!r}")
-    return kind
-
-
-def install(model: Any) -> bool:
-    """Switch a transformers model running ``sdpa`` to :func:`packed_sdpa` (by
-    ``SEEDQ_ATTENTION``); other implementations (eager, flash) are left alone."""
+        raise ValueError(f"attention must be one of {', '.join(ATTENTION_KINDS)}, got {kind!r}")
     config = getattr(model, "config", None)
     if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
         return False
-    if attention_kind() != "packed":
+    if kind != "packed":
         return False
     _register()
     try:

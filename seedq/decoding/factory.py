@@ -4,7 +4,6 @@ engine, and expose both a blocking ``run`` and the awaitable ``generate`` of Gro
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 from typing import Any
 
@@ -17,6 +16,7 @@ from seedq.decoding.engines.round_batch import AUTO, BATCH, MODES, SEED, RoundMo
 from seedq.decoding.engines.rounds import RoundBatcher
 from seedq.decoding.engines.seed import GroupSpec, SeedScheduler
 from seedq.decoding.loading import LoadedModel
+from seedq.decoding.options import DecodingOptions
 from seedq.decoding.prefix_cache import PrefixCaches
 from seedq.decoding.target import TargetHub
 from seedq.decoding.tiny import TINY_DRAFT, TINY_TARGET, perturbed_copy, tiny_model, tiny_tokenizer
@@ -42,7 +42,8 @@ class LocalGenerator:
     in the round's shared forward); :func:`round_mode` says which configs run there. Seed
     with a draft tree or with the scheduler's own options goes to the one threaded SeeD
     scheduler of the target, which interleaves the groups of concurrent callers;
-    ``SEEDQ_ROUND_BATCHER=0`` runs every engine outside the round. A cancelled
+    ``round_batcher=False`` in the runtime's options (``SEEDQ_ROUND_BATCHER=0``) runs every
+    engine outside the round. A cancelled
     ``generate`` frees the target: a seed or round group is dropped at its next step, any
     other group stops at its next forward (:mod:`seedq.decoding.cancel`)."""
 
@@ -52,7 +53,8 @@ class LocalGenerator:
         self.runtime = runtime
         self._owns_hub = hub is None
         self.hub = hub or TargetHub()
-        self.mode = round_mode(config)  # None: this engine does not run in the round
+        # None: this engine does not run in the round
+        self.mode = round_mode(config, runtime.options)
         built = BatchEngine(runtime) if self.mode is SEED else _engine(config, runtime)
         self._spec: GroupSpec | None = None
         if isinstance(built, SeedScheduler):
@@ -103,13 +105,14 @@ class LocalGenerator:
             self.hub.close()
 
 
-def round_mode(config: EngineConfig) -> RoundMode | None:
+def round_mode(config: EngineConfig, options: DecodingOptions | None = None
+               ) -> RoundMode | None:
     """How the config's groups run in the round batcher, None when they do not:
-    ``SEEDQ_ROUND_BATCHER=0`` (each engine alone), engines that decode one group at a time
+    ``options.round_batcher`` off (each engine alone), engines that decode one group at a time
     (``ar``, ``sd``, ``mcsd``), and ``seed`` with a draft tree (``k_config``) or the SeeD
     scheduler's own options (``verify_batch``, ``draft_batch``, ``draft_threads`` other than
     their defaults): those run on the threaded SeeD scheduler."""
-    if os.environ.get("SEEDQ_ROUND_BATCHER", "1") == "0":
+    if options is not None and not options.round_batcher:
         return None
     mode = MODES.get(config.engine)
     if mode is SEED and (registry.draft_tree(config) or any(
@@ -128,10 +131,13 @@ def _engine(config: EngineConfig, runtime: Runtime) -> Engine | SeedScheduler:
 def generator_from_models(
     config: EngineConfig, target: LoadedModel, draft: LoadedModel | None = None,
     prefix: PrefixCaches | None = None, hub: TargetHub | None = None,
+    options: DecodingOptions | None = None,
 ) -> LocalGenerator:
     """Wire already-loaded models (tests pass tiny in-process ones). ``prefix``: prefix
     caches to share (another runtime's over the same models), else new ones; ``hub``: the
-    target lock and SeeD scheduler to share (another generator's over the same target)."""
+    target lock and SeeD scheduler to share (another generator's over the same target);
+    ``options``: the worker's decoding options (None: read from the environment)."""
+    options = DecodingOptions.from_env() if options is None else options
     drafter: Drafter | None = None
     if config.drafting:
         shape = draft_shape(config)
@@ -146,31 +152,35 @@ def generator_from_models(
         loading.check_compatible(target.tokenizer, draft.tokenizer, config.draft or "draft")
     # the draft model is held even by a non-speculative engine, so that generators derived
     # from this one (derive_generator) can draft with it
+    if prefix is None:
+        prefix = PrefixCaches.with_limit(options.prefix_cache_bytes)
     runtime = Runtime(config, target.model, target.tokenizer, drafter,
-                      draft.model if draft is not None else None)
-    if prefix is not None:
-        runtime.prefix = prefix
+                      draft.model if draft is not None else None, prefix, options)
     return LocalGenerator(config, runtime, hub)
 
 
-def load_generator(config: EngineConfig) -> LocalGenerator:
-    """Load the target (and draft) named in the config and build the generator."""
-    target = _load(config.target, config)
+def load_generator(config: EngineConfig, options: DecodingOptions | None = None
+                   ) -> LocalGenerator:
+    """Load the target (and draft) named in the config and build the generator.
+    ``options``: the worker's decoding options (``Settings.decoding``; None: read from the
+    environment once, here)."""
+    options = DecodingOptions.from_env() if options is None else options
+    target = _load(config.target, config, options)
     draft = None
     if config.draft and config.draft != loading.NGRAM:
-        draft = _load(config.draft, config)
-    generator = generator_from_models(config, target, draft)
+        draft = _load(config.draft, config, options)
+    generator = generator_from_models(config, target, draft, options=options)
     if generator.rounds is not None and generator.speculates:
         generator.rounds.calibrate(generator.runtime)  # auto: the cost curve, at start
     return generator
 
 
-def _load(name: str, config: EngineConfig) -> LoadedModel:
+def _load(name: str, config: EngineConfig, options: DecodingOptions) -> LoadedModel:
     if name in (TINY_TARGET, TINY_DRAFT):
         model: Any = tiny_model(0) if name == TINY_TARGET else perturbed_copy(tiny_model(0), 0.05)
         model = model.to(device=config.device, dtype=loading.DTYPES[config.dtype])
-        return loading.wrap(model, tiny_tokenizer(), name)
-    return loading.load(name, config.device, config.dtype)
+        return loading.wrap(model, tiny_tokenizer(), name, options.attention)
+    return loading.load(name, config.device, config.dtype, options)
 
 
 def derive_generator(base: LocalGenerator, config: EngineConfig) -> LocalGenerator:
@@ -191,4 +201,5 @@ def derive_generator(base: LocalGenerator, config: EngineConfig) -> LocalGenerat
                 f"{held}"
             )
         draft = LoadedModel(runtime.draft_model, runtime.tokenizer)
-    return generator_from_models(config, target, draft, runtime.prefix, base.hub)
+    return generator_from_models(config, target, draft, runtime.prefix, base.hub,
+                                 runtime.options)

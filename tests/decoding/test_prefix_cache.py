@@ -17,7 +17,8 @@ from seedq.decoding.config import EngineConfig
 from seedq.decoding.engines.base import encode_prefix, prefill_group, shared_prefix_length
 from seedq.decoding.factory import generator_from_models
 from seedq.decoding.loading import LoadedModel
-from seedq.decoding.prefix_cache import PrefixCache, PrefixCaches, limit_from_env
+from seedq.decoding.options import DecodingOptions, OptionsError
+from seedq.decoding.prefix_cache import PrefixCache, PrefixCaches
 from seedq.decoding.types import GroupRequest, GroupResult, SamplingParams
 
 FEW_SHOT = ("Question 1: she sold 12 apples each day and bought two more. how many eggs "
@@ -212,12 +213,15 @@ def test_concurrent_use_from_threads(target: LoadedModel) -> None:
 
 
 def test_limit_setting() -> None:
-    assert limit_from_env({}) == 512 * 2**20
-    assert limit_from_env({"SEEDQ_PREFIX_CACHE_MB": "0"}) == 0
-    assert limit_from_env({"SEEDQ_PREFIX_CACHE_MB": "1.5"}) == 3 * 2**19
+    def limit(env: dict[str, str]) -> int:
+        return DecodingOptions.from_env(env).prefix_cache_bytes
+
+    assert limit({}) == 512 * 2**20 == PrefixCaches.default().target.limit_bytes
+    assert limit({"SEEDQ_PREFIX_CACHE_MB": "0"}) == 0
+    assert limit({"SEEDQ_PREFIX_CACHE_MB": "1.5"}) == 3 * 2**19
     for bad in ("-1", "lots"):
-        with pytest.raises(ValueError, match="SEEDQ_PREFIX_CACHE_MB"):
-            limit_from_env({"SEEDQ_PREFIX_CACHE_MB": bad})
+        with pytest.raises(OptionsError, match="SEEDQ_PREFIX_CACHE_MB"):
+            limit({"SEEDQ_PREFIX_CACHE_MB": bad})
     disabled = PrefixCache(0)
     disabled.insert([1, 2, 3], DynamicCache())
     assert disabled.match([1, 2, 3])[0] == 0 and not disabled.enabled
@@ -319,10 +323,12 @@ GROUPS = (
 )
 
 
-def _tree_of_groups(config: EngineConfig, target: LoadedModel, draft: LoadedModel | None,
-                    limit: int) -> tuple[list[GroupResult], PrefixCaches]:
+def _tree_of_groups(engine: tuple[EngineConfig, DecodingOptions], target: LoadedModel,
+                    draft: LoadedModel | None, limit: int
+                    ) -> tuple[list[GroupResult], PrefixCaches]:
     caches = PrefixCaches.with_limit(limit)
-    generator = generator_from_models(config, target, draft, caches)
+    config, options = engine
+    generator = generator_from_models(config, target, draft, caches, options=options)
     params = SamplingParams(max_new_tokens=10)
     try:
         return [generator.run(GroupRequest(g, params)) for g in GROUPS], caches
@@ -330,21 +336,20 @@ def _tree_of_groups(config: EngineConfig, target: LoadedModel, draft: LoadedMode
         generator.close()
 
 
-def _engine_config(engine: str, monkeypatch: pytest.MonkeyPatch) -> EngineConfig:
+def _engine_config(engine: str) -> tuple[EngineConfig, DecodingOptions]:
     """``batch-group``/``seed-scheduler``: batch/seed outside the round batcher."""
     outside = engine in ("batch-group", "seed-scheduler")
-    monkeypatch.setenv("SEEDQ_ROUND_BATCHER", "0" if outside else "1")
     name = {"batch-group": "batch", "seed-scheduler": "seed"}.get(engine, engine)
     return EngineConfig(engine=name, target="tiny",
-                        draft="tiny-draft" if name in ("sd", "mcsd", "seed") else None)
+                        draft="tiny-draft" if name in ("sd", "mcsd", "seed") else None
+                        ), DecodingOptions(round_batcher=not outside)
 
 
 @pytest.mark.parametrize("engine", list(STORES_PROMPTS))
 def test_engines_identical_with_cache_on_and_off(engine: str, target: LoadedModel,
-                                                 close_draft: LoadedModel,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    config = _engine_config(engine, monkeypatch)
-    draft = close_draft if config.draft else None
+                                                 close_draft: LoadedModel) -> None:
+    config = _engine_config(engine)
+    draft = close_draft if config[0].draft else None
     off, _ = _tree_of_groups(config, target, draft, 0)
     on, caches = _tree_of_groups(config, target, draft, 64 * 2**20)
     for a, b in zip(off, on, strict=True):
@@ -374,12 +379,11 @@ def test_engines_identical_with_cache_on_and_off(engine: str, target: LoadedMode
 
 @pytest.mark.parametrize("engine", ["sd", "batch"])
 def test_engines_correct_under_a_tiny_limit(engine: str, target: LoadedModel,
-                                            close_draft: LoadedModel,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+                                            close_draft: LoadedModel) -> None:
     """A limit of a few prompts' KV: entries are evicted all along, the tokens are those
     of decoding without the cache, and the cache stays under its limit."""
-    config = _engine_config(engine, monkeypatch)
-    draft = close_draft if config.draft else None
+    config = _engine_config(engine)
+    draft = close_draft if config[0].draft else None
     child = ids(target, CHILD)
     per_token = kvcache.cache_bytes(full_cache(target, child)[0]) // len(child)
     limit = per_token * (len(child) + 8)

@@ -19,6 +19,7 @@ from seedq.decoding.engines.round_batch import AUTO, BATCH, SEED
 from seedq.decoding.engines.seed import SeedScheduler
 from seedq.decoding.factory import LocalGenerator, generator_from_models, round_mode
 from seedq.decoding.loading import LoadedModel
+from seedq.decoding.options import DecodingOptions
 from seedq.decoding.types import GroupRequest, SamplingParams
 from tests.decoding.conftest import PROMPTS, make
 from tests.decoding.hooks import WAIT, tokens
@@ -77,13 +78,12 @@ def test_seed_rows_draft_at_every_step(target: LoadedModel) -> None:
 
 
 def test_seed_drafts_stay_within_the_token_budget(
-    target: LoadedModel, close_draft: LoadedModel, monkeypatch: pytest.MonkeyPatch
+    target: LoadedModel, close_draft: LoadedModel
 ) -> None:
     """6 rows in a budget of 18 tokens: each forward is at most 6 x (1 + 2), so gamma 5 is
     cut to 2 (the output is still ar's)."""
-    monkeypatch.setenv("SEEDQ_ROUND_TOKEN_BUDGET", "18")
     generator = make(EngineConfig(engine="seed", target="tiny", draft="tiny-draft", gamma=5),
-                     target, close_draft)
+                     target, close_draft, DecodingOptions(round_token_budget=18))
     request = GroupRequest(PROMPTS[:6], SamplingParams(max_new_tokens=16))
     try:
         result = generator.run(request)
@@ -112,12 +112,11 @@ def test_which_configs_run_in_the_round(options: dict[str, object], where: objec
 
 
 def test_seed_outside_the_round_runs_on_the_scheduler(
-    target: LoadedModel, close_draft: LoadedModel, monkeypatch: pytest.MonkeyPatch
+    target: LoadedModel, close_draft: LoadedModel
 ) -> None:
-    monkeypatch.setenv("SEEDQ_ROUND_BATCHER", "0")
     request = GroupRequest(PROMPTS[:3], SamplingParams(max_new_tokens=12))
     generator = make(EngineConfig(engine="seed", target="tiny", draft="tiny-draft"), target,
-                     close_draft)
+                     close_draft, DecodingOptions(round_batcher=False))
     try:
         assert generator.rounds is None and isinstance(generator.engine, SeedScheduler)
         assert tokens(generator.run(request)) == ar_tokens(target, request)

@@ -12,14 +12,17 @@ import pytest
 import torch
 from transformers import DynamicCache
 
+from seedq.decoding.config import EngineConfig
 from seedq.decoding.engines import round_budget
 from seedq.decoding.engines.round_batch import RoundBatch, Row, new_round_batch
 from seedq.decoding.engines.round_slots import SlotRoundBatch, _capacity
 from seedq.decoding.loading import LoadedModel
 from seedq.decoding.models import LanguageModel
+from seedq.decoding.options import DecodingOptions
 from seedq.decoding.sequence import ModelCache, SequenceState
 from seedq.decoding.slot_cache import SlotCache
 from seedq.decoding.types import SamplingParams
+from tests.decoding.conftest import make
 
 ATOL = 1e-5
 
@@ -241,16 +244,20 @@ def test_join_failure_changes_nothing_and_a_join_reallocates_only_as_needed(
     assert batch.cache is None and batch.width == 0
 
 
-def test_the_factory_follows_seedq_round_kv(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SEEDQ_ROUND_KV", raising=False)
+def test_the_factory_follows_the_round_kv_option(target: LoadedModel) -> None:
     assert isinstance(new_round_batch(), SlotRoundBatch)
-    monkeypatch.setenv("SEEDQ_ROUND_KV", "dynamic")
-    assert isinstance(new_round_batch(), RoundBatch)
-    monkeypatch.setenv("SEEDQ_ROUND_KV", "slots")
-    assert isinstance(new_round_batch(), SlotRoundBatch)
-    monkeypatch.setenv("SEEDQ_ROUND_KV", "paged")
-    with pytest.raises(ValueError, match="SEEDQ_ROUND_KV"):
-        new_round_batch()
+    assert isinstance(new_round_batch("dynamic"), RoundBatch)
+    assert isinstance(new_round_batch("slots"), SlotRoundBatch)
+    with pytest.raises(ValueError, match="paged"):
+        new_round_batch("paged")
+    for kind, storage in (("dynamic", RoundBatch), ("slots", SlotRoundBatch)):
+        generator = make(EngineConfig(engine="batch", target="tiny"), target, None,
+                         DecodingOptions(round_kv=kind))
+        try:
+            assert generator.rounds is not None
+            assert type(generator.rounds._batch) is storage
+        finally:
+            generator.close()
 
 
 def test_cache_bytes_of_an_empty_slot_round() -> None:

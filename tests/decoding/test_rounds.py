@@ -26,6 +26,7 @@ from seedq.decoding.engines.rounds import RoundBatcher
 from seedq.decoding.factory import LocalGenerator, generator_from_models
 from seedq.decoding.loading import LoadedModel
 from seedq.decoding.models import Tokenizer
+from seedq.decoding.options import DecodingOptions
 from seedq.decoding.types import DecodingError, GroupRequest, GroupResult, SamplingParams
 from tests.decoding.conftest import PROMPTS, make
 from tests.decoding.hooks import WAIT, Hold, tokens
@@ -58,9 +59,9 @@ def ar_tokens(model: LoadedModel, request: GroupRequest) -> list[list[int]]:
 
 
 @pytest.fixture
-def batch(target: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalGenerator]:
-    monkeypatch.setenv("SEEDQ_ROUND_TOKEN_BUDGET", "6")  # groups wait for rows to leave
-    generator = make(BATCH, target, None)
+def batch(target: LoadedModel) -> Iterator[LocalGenerator]:
+    # groups wait for rows to leave
+    generator = make(BATCH, target, None, DecodingOptions(round_token_budget=6))
     assert generator.rounds is not None and generator.rounds.budget == 6
     yield generator
     generator.close()
@@ -217,14 +218,13 @@ def test_a_failure_fails_only_its_group(
 
 
 def test_round_batcher_is_shared_per_target_and_can_be_switched_off(
-    target: LoadedModel, monkeypatch: pytest.MonkeyPatch
+    target: LoadedModel
 ) -> None:
     base = make(BATCH, target, None)
     derived = generator_from_models(BATCH, target, hub=base.hub)
     assert isinstance(base.rounds, RoundBatcher) and derived.rounds is base.rounds
     assert base.rounds.target_lock is base.hub.lock
-    monkeypatch.setenv("SEEDQ_ROUND_BATCHER", "0")
-    per_group = make(BATCH, target, None)
+    per_group = make(BATCH, target, None, DecodingOptions(round_batcher=False))
     assert per_group.rounds is None
     request = GroupRequest(PROMPTS[:3], SamplingParams(max_new_tokens=6))
     assert tokens(per_group.run(request)) == tokens(base.run(request))
@@ -259,16 +259,15 @@ def test_the_loop_thread_leaves_the_default_thread_count_alone(
         torch.set_num_threads(before)
 
 
-def kv_generator(target: LoadedModel, monkeypatch: pytest.MonkeyPatch, requests_: Sequence[
+def kv_generator(target: LoadedModel, requests_: Sequence[
         GroupRequest], scale: float) -> tuple[LocalGenerator, int]:
-    """A round batcher whose ``SEEDQ_ROUND_KV_MB`` is ``scale`` x the largest of the groups'
+    """A round batcher whose KV budget (``round_kv_mb``) is ``scale`` x the largest of the groups'
     own KV estimates (rows x (prompt + max_new_tokens) x per-token bytes)."""
     per_token = round_budget.kv_bytes_per_token(target.model)
     alone = max(len(r.prompts) * max(len(target.tokenizer.encode(p)) + r.params.max_new_tokens
                                       for p in r.prompts) * per_token for r in requests_)
     limit = int(alone * scale)
-    monkeypatch.setenv("SEEDQ_ROUND_KV_MB", str(limit / round_budget.MB))
-    generator = make(BATCH, target, None)
+    generator = make(BATCH, target, None, DecodingOptions(round_kv_mb=limit / round_budget.MB))
     assert generator.rounds is not None and abs(generator.rounds.kv.limit - limit) <= 1
     return generator, generator.rounds.kv.limit
 
@@ -279,7 +278,7 @@ def test_groups_over_the_kv_budget_together_run_one_after_the_other(
     jobs = [GroupRequest((PROMPTS[0], PROMPTS[2]), SamplingParams(max_new_tokens=12)),
             GroupRequest((PROMPTS[1], PROMPTS[3]), SamplingParams(max_new_tokens=10))]
     expected = [ar_tokens(target, r) for r in jobs]
-    generator, limit = kv_generator(target, monkeypatch, jobs, 1.3)  # one fits, two don't
+    generator, limit = kv_generator(target, jobs, 1.3)  # one fits, two don't
     try:
         results = [f.result(timeout=WAIT)
                    for f in submit_staggered(monkeypatch, [(generator, r) for r in jobs])]
@@ -301,7 +300,7 @@ def test_a_group_over_the_kv_budget_alone_fails_and_the_next_completes(
     small = GroupRequest((PROMPTS[5],), SamplingParams(max_new_tokens=8))
     big = GroupRequest((PROMPTS[1],) * 3, SamplingParams(max_new_tokens=40))
     expected = ar_tokens(target, small)
-    generator, _ = kv_generator(target, monkeypatch, [small], 1.05)  # small alone fits
+    generator, _ = kv_generator(target, [small], 1.05)  # small alone fits
     try:
         futures = submit_staggered(monkeypatch, [(generator, small), (generator, big),
                                                  (generator, small)])

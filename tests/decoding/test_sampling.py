@@ -30,6 +30,7 @@ import torch
 from seedq.decoding import kvcache
 from seedq.decoding.config import EngineConfig
 from seedq.decoding.loading import LoadedModel, wrap
+from seedq.decoding.options import DecodingOptions
 from seedq.decoding.sampling import warp_probs
 from seedq.decoding.tiny import perturbed_copy, tiny_model
 from seedq.decoding.types import GroupRequest, SamplingParams
@@ -167,13 +168,12 @@ def test_the_draft_differs_from_the_target(warp: str, sharp_target: LoadedModel,
 @pytest.mark.parametrize(("case", "warp"), RUNS, ids=[f"{c}-{w}" for c, w in RUNS])
 def test_tokens_follow_the_target_distribution(
     case: str, warp: str, sharp_target: LoadedModel, flat_draft: LoadedModel,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     options, length, draws = CASES[case]
-    monkeypatch.setenv("SEEDQ_ROUND_TOKEN_BUDGET", str(4 * draws))  # every row drafts fully
     options = {"draft": "tiny-flat" if options["engine"] != "batch" else None, **options}
     params = replace(WARPS[warp], max_new_tokens=length, seed=1000)
-    generator = make(EngineConfig(target="tiny", **options), sharp_target, flat_draft)
+    generator = make(EngineConfig(target="tiny", **options), sharp_target, flat_draft,
+                     DecodingOptions(round_token_budget=4 * draws))  # every row drafts fully
     if options["engine"] == "auto":
         assert generator.rounds is not None
         rng = random.Random(7)

@@ -18,6 +18,7 @@ from seedq.decoding.engines import seed
 from seedq.decoding.engines.seed import SeedScheduler
 from seedq.decoding.factory import LocalGenerator
 from seedq.decoding.loading import LoadedModel
+from seedq.decoding.options import DecodingOptions
 from seedq.decoding.types import GroupRequest, SamplingParams
 from tests.decoding.conftest import make
 from tests.decoding.hooks import (
@@ -36,16 +37,14 @@ AFTER = GroupRequest(("the red block is clear", "how many"), SamplingParams(max_
 
 
 @pytest.fixture
-def generator(target: LoadedModel, close_draft: LoadedModel,
-              monkeypatch: pytest.MonkeyPatch) -> Any:
+def generator(target: LoadedModel, close_draft: LoadedModel) -> Any:
     """Seed generators on the threaded SeeD scheduler (the round batcher off: the round's
     own robustness is tests/decoding/test_rounds.py's)."""
-    monkeypatch.setenv("SEEDQ_ROUND_BATCHER", "0")
     made: list[LocalGenerator] = []
 
     def build(**options: Any) -> tuple[LocalGenerator, SeedScheduler]:
         config = EngineConfig(engine="seed", target="tiny", draft="d", **options)
-        gen = make(config, target, close_draft)
+        gen = make(config, target, close_draft, DecodingOptions(round_batcher=False))
         made.append(gen)
         assert isinstance(gen.engine, SeedScheduler)
         return gen, gen.engine

@@ -16,6 +16,7 @@ from seedq.decoding.config import EngineConfig
 from seedq.decoding.engines.base import MemoryMeter
 from seedq.decoding.engines.lanes import thread_split
 from seedq.decoding.loading import LoadedModel
+from seedq.decoding.options import DecodingOptions
 from seedq.decoding.types import GroupRequest, SamplingParams
 from seedq.service.engines import GeneratorPool
 from tests.decoding.conftest import make
@@ -131,12 +132,12 @@ def test_a_cancelled_group_frees_the_target_at_its_next_forward(target: LoadedMo
 
 
 def test_scheduler_threads_leave_the_default_thread_count_alone(
-    monkeypatch: pytest.MonkeyPatch, target: LoadedModel, close_draft: LoadedModel
+    target: LoadedModel, close_draft: LoadedModel
 ) -> None:
-    monkeypatch.setenv("SEEDQ_SEED_THREADS", "1,1")
     before = torch.get_num_threads()
     torch.set_num_threads(2)  # a count the scheduler's threads do not use
-    gen = make(EngineConfig(engine="seed", target="tiny", draft="d"), target, close_draft)
+    gen = make(EngineConfig(engine="seed", target="tiny", draft="d"), target, close_draft,
+               DecodingOptions(seed_threads=(1, 1)))
     try:
         gen.run(REQUEST)
         assert in_new_thread(torch.get_num_threads) == 2
@@ -146,8 +147,7 @@ def test_scheduler_threads_leave_the_default_thread_count_alone(
         torch.set_num_threads(before)
 
 
-def test_the_core_split_fits_any_core_count(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SEEDQ_SEED_THREADS", raising=False)
+def test_the_core_split_fits_any_core_count() -> None:
     for cores in range(1, 129):
         for drafters in range(1, 9):
             verifier, each = thread_split("cpu", drafters, cores)
@@ -155,8 +155,7 @@ def test_the_core_split_fits_any_core_count(monkeypatch: pytest.MonkeyPatch) -> 
             assert verifier + each * drafters <= max(cores, 1 + drafters), (cores, drafters)
             assert verifier >= min(cores // 2, cores - drafters)
     assert thread_split("cuda", 2, 16) == (0, 0)
-    monkeypatch.setenv("SEEDQ_SEED_THREADS", "3,2")
-    assert thread_split("cpu", 2, 16) == (3, 2)
+    assert thread_split("cpu", 2, 16, override=(3, 2)) == (3, 2)
 
 
 def test_peak_memory_is_sampled_without_resetting_the_cuda_counters(

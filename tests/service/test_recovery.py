@@ -14,6 +14,8 @@ from rq.worker import SimpleWorker
 from sqlalchemy import exc as sa_exc
 
 from seedq import queue as q
+from seedq.decoding.factory import LocalGenerator
+from seedq.decoding.options import DecodingOptions
 from seedq.service import maintenance as maint
 from seedq.service.context import Services
 from seedq.service.faults import FaultKind, classify
@@ -164,13 +166,48 @@ def test_settings_from_env() -> None:
     ("SEEDQ_ROUND_KV", "paged", "SEEDQ_ROUND_KV must be one of slots, dynamic"),
     ("SEEDQ_ROUND_BATCHER", "yes", "SEEDQ_ROUND_BATCHER must be one of 0, 1"),
     ("SEEDQ_SEED_THREADS", "2", "SEEDQ_SEED_THREADS must be VERIFIER,DRAFTER"),
+    ("SEEDQ_ATTENTION", "flash", "SEEDQ_ATTENTION must be one of packed, sdpa"),
 ])
 def test_decoding_variables_are_checked_with_the_settings(name: str, value: str,
                                                           message: str) -> None:
-    """Read deep in the decoding code, but checked when the settings are read."""
+    """Read once with the settings (a bad value names its variable at start)."""
     with pytest.raises(SettingsError, match=message):
         Settings.from_env({name: value})
+
+
+def test_decoding_variables_reach_the_settings_once() -> None:
     good = {"SEEDQ_PREFIX_CACHE_MB": "64", "SEEDQ_ROUND_TOKEN_BUDGET": "32",
-            "SEEDQ_ROUND_KV_MB": "0.5", "SEEDQ_ROUND_KV": "dynamic",
-            "SEEDQ_ROUND_BATCHER": "0", "SEEDQ_SEED_THREADS": "1,1"}
-    Settings.from_env(good)
+            "SEEDQ_ROUND_KV_MB": "0.5", "SEEDQ_ROUND_KV": "Dynamic", "SEEDQ_PREFILL_CHUNK": "0",
+            "SEEDQ_ROUND_BATCHER": "0", "SEEDQ_SEED_THREADS": "1,1", "SEEDQ_ATTENTION": "sdpa",
+            "SEEDQ_CACHE_DIR": "/models"}
+    decoding = Settings.from_env(good).decoding
+    assert decoding == DecodingOptions(
+        prefix_cache_mb=64, round_token_budget=32, round_kv_mb=0.5, round_kv="dynamic",
+        prefill_chunk=0, round_batcher=False, seed_threads=(1, 1), attention="sdpa",
+        cache_dir="/models")
+    assert (decoding.prefix_cache_bytes, decoding.round_kv_bytes) == (64 << 20, 1 << 19)
+    assert decoding.model_cache_dir == Path("/models")
+    defaults = Settings.from_env({"XDG_CACHE_HOME": "/cache"})
+    assert defaults.decoding == DecodingOptions(cache_dir="/cache/seedq")
+    assert Settings.from_env({}).decoding.model_cache_dir == Path.home() / ".cache" / "seedq"
+    assert Settings.from_env({}).describe()["decoding"]["round_token_budget"] == 64
+
+
+def test_the_worker_builds_its_generator_with_the_settings_decoding_options(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The options travel from the settings to the round batcher and the prefix caches; the
+    environment is not read again (a variable set afterwards changes nothing)."""
+    from workers import gpu, testing
+
+    monkeypatch.delenv(testing.TEST_GENERATOR_ENV, raising=False)
+    settings = Settings(engine="batch", target_model="tiny",
+                        decoding=DecodingOptions(round_token_budget=5, prefix_cache_mb=1))
+    monkeypatch.setenv("SEEDQ_ROUND_TOKEN_BUDGET", "9")
+    generator = gpu.generator_factory(settings)()
+    assert isinstance(generator, LocalGenerator)
+    try:
+        assert generator.rounds is not None and generator.rounds.budget == 5
+        assert generator.runtime.prefix.target.limit_bytes == 1 << 20
+    finally:
+        generator.close()

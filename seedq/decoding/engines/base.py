@@ -18,6 +18,7 @@ from seedq.decoding import kvcache
 from seedq.decoding.config import EngineConfig
 from seedq.decoding.drafters import Drafter, ModelDrafter
 from seedq.decoding.models import LanguageModel, Tokenizer
+from seedq.decoding.options import DecodingOptions
 from seedq.decoding.prefix_cache import PrefixCache, PrefixCaches
 from seedq.decoding.sequence import ModelCache, SequenceState, StopRule, make_generator
 from seedq.decoding.types import GroupRequest, GroupResult, SequenceResult
@@ -32,8 +33,9 @@ class Runtime:
     tokenizer: Tokenizer
     drafter: Drafter | None = None
     draft_model: LanguageModel | None = None
-    # prompt prefixes already encoded, per model (SEEDQ_PREFIX_CACHE_MB; derived runtimes share)
-    prefix: PrefixCaches = field(default_factory=PrefixCaches.from_env)
+    # prompt prefixes already encoded, per model (options.prefix_cache_mb; derived runtimes share)
+    prefix: PrefixCaches = field(default_factory=PrefixCaches.default)
+    options: DecodingOptions = field(default_factory=DecodingOptions)  # the worker's, passed down
 
     @functools.cached_property
     def stop_rule(self) -> StopRule:  # built once, used on every commit

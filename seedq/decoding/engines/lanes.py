@@ -18,7 +18,6 @@ allocator never reuses their memory while the other stream may still read it
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,18 +26,16 @@ import torch
 from seedq.decoding.sequence import SequenceState
 
 
-def thread_split(device_type: str, draft_threads: int, cores: int | None = None
-                 ) -> tuple[int, int]:
+def thread_split(device_type: str, draft_threads: int, cores: int | None = None,
+                 override: tuple[int, int] | None = None) -> tuple[int, int]:
     """Intra-op threads for the verifier and for each drafter thread (0: leave torch's
     default). On a CPU the cores are split so that the verifier plus all drafters use at
     most ``cores`` (the caller's torch thread count), half or more to the verifier, which
     runs the bigger model; every thread gets at least one, so only when there are fewer
-    cores than threads is the machine oversubscribed. ``SEEDQ_SEED_THREADS="V,D"``
-    overrides."""
-    override = os.environ.get("SEEDQ_SEED_THREADS")
-    if override:
-        verifier, drafter = (int(x) for x in override.split(","))
-        return verifier, drafter
+    cores than threads is the machine oversubscribed. ``override`` (the options'
+    ``seed_threads``, ``SEEDQ_SEED_THREADS="V,D"``) replaces the split."""
+    if override is not None:
+        return override
     if device_type != "cpu":
         return 0, 0
     cores = max(1, cores if cores is not None else torch.get_num_threads())

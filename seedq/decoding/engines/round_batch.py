@@ -11,7 +11,6 @@ join). No cache is stacked or split per forward.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -24,6 +23,7 @@ from seedq.decoding.engines.base import Runtime
 from seedq.decoding.engines.batch import attention_mask
 from seedq.decoding.engines.seed_groups import OpenGroup
 from seedq.decoding.models import LanguageModel
+from seedq.decoding.options import ROUND_KV_KINDS
 from seedq.decoding.sequence import SequenceState
 
 
@@ -111,18 +111,15 @@ class RoundStorage(Protocol):
     def compact(self) -> bool: ...
 
 
-ROUND_KV_KINDS = ("slots", "dynamic")
-
-
-def new_round_batch() -> RoundStorage:
-    """The round's storage, by ``SEEDQ_ROUND_KV``: ``slots`` (the default; a preallocated
-    slot KV cache written in place, no per-forward copy of the KV) or ``dynamic`` (one
-    left-padded ``DynamicCache``, concatenated on every forward)."""
-    kind = os.environ.get("SEEDQ_ROUND_KV", "slots").strip().lower() or "slots"
+def new_round_batch(kind: str = "slots") -> RoundStorage:
+    """The round's storage, by ``kind`` (``DecodingOptions.round_kv``, ``SEEDQ_ROUND_KV``):
+    ``slots`` (the default; a preallocated slot KV cache written in place, no per-forward
+    copy of the KV) or ``dynamic`` (one left-padded ``DynamicCache``, concatenated on every
+    forward)."""
     if kind == "dynamic":
         return RoundBatch()
     if kind != "slots":
-        raise ValueError(f"SEEDQ_ROUND_KV={kind!r}: expected one of {', '.join(ROUND_KV_KINDS)}")
+        raise ValueError(f"round KV {kind!r}: expected one of {', '.join(ROUND_KV_KINDS)}")
     from seedq.decoding.engines.round_slots import SlotRoundBatch  # it imports this module
 
     return SlotRoundBatch()

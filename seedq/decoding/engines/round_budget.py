@@ -25,7 +25,6 @@ peaks.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -40,11 +39,6 @@ if TYPE_CHECKING:
     from seedq.decoding.engines.round_batch import RoundGroup, RoundStorage
 
 MB = 1 << 20
-
-
-def kv_budget_bytes() -> int:
-    """``SEEDQ_ROUND_KV_MB`` in bytes; 0 (the default) = unlimited."""
-    return max(0, int(float(os.environ.get("SEEDQ_ROUND_KV_MB", 0)) * MB))
 
 
 def kv_bytes_per_token(model: LanguageModel) -> int:
@@ -78,8 +72,8 @@ class KvStats:
 
 
 class KvBudget:
-    def __init__(self, model: LanguageModel, limit: int | None = None) -> None:
-        self.limit = kv_budget_bytes() if limit is None else limit
+    def __init__(self, model: LanguageModel, limit: int = 0) -> None:
+        self.limit = limit  # bytes (DecodingOptions.round_kv_bytes); 0 = unlimited
         try:
             self.per_token = kv_bytes_per_token(model)
         except (AttributeError, TypeError) as exc:  # not a transformers config

@@ -14,7 +14,6 @@ from the environment (:func:`token_budget`, :func:`prefill_chunk`).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -76,21 +75,6 @@ class RoundLog:
                  "memory %.1f MiB", record.groups, record.forwards, record.seconds,
                  record.peak_kv_bytes / MB, record.peak_rows, record.peak_memory_bytes / MB)
         return record
-
-
-DEFAULT_TOKEN_BUDGET = 64
-DEFAULT_PREFILL_CHUNK = 256
-
-
-def prefill_chunk() -> int:
-    """Prefill tokens per forward of an admitted group (``SEEDQ_PREFILL_CHUNK``, default
-    256; 0: the whole prefill in one forward): the live rows decode between two chunks."""
-    return max(0, int(os.environ.get("SEEDQ_PREFILL_CHUNK", DEFAULT_PREFILL_CHUNK)))
-
-
-def token_budget() -> int:
-    """Tokens (rows) per target forward: ``SEEDQ_ROUND_TOKEN_BUDGET``, default 64."""
-    return max(1, int(os.environ.get("SEEDQ_ROUND_TOKEN_BUDGET", DEFAULT_TOKEN_BUDGET)))
 
 
 @dataclass

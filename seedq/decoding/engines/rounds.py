@@ -62,7 +62,7 @@ from seedq.decoding.engines.round_batch import (
     new_round_batch,
 )
 from seedq.decoding.engines.round_budget import KvBudget, cache_bytes
-from seedq.decoding.engines.round_records import RoundLog, RoundStats, prefill_chunk, token_budget
+from seedq.decoding.engines.round_records import RoundLog, RoundStats
 from seedq.decoding.engines.round_speculation import Planned, RoundSpeculation
 from seedq.decoding.engines.seed_groups import reject, resolve
 from seedq.decoding.types import DecodingError, GroupRequest, GroupResult
@@ -76,16 +76,19 @@ class RoundBatcher:
     def __init__(self, runtime: Runtime, target_lock: threading.Lock | None = None,
                  budget: int | None = None, kv_budget: int | None = None) -> None:
         self.runtime = runtime
-        self.budget = budget or token_budget()
-        self.chunk = prefill_chunk()
+        options = runtime.options  # the worker's (DecodingOptions): read once, passed down
+        self.budget = budget or options.round_token_budget
+        self.chunk = options.prefill_chunk
+        self.kv_kind = options.round_kv
         self._last_forward: float | None = None  # end of the live rows' last forward
-        self.kv = KvBudget(runtime.target, kv_budget)  # SEEDQ_ROUND_KV_MB
+        self.kv = KvBudget(runtime.target, options.round_kv_bytes if kv_budget is None
+                           else kv_budget)
         self.target_lock = target_lock or threading.Lock()
         self.stats = RoundStats()
         self.busy_seconds = 0.0
         self._inbox: queue.Queue[object] = queue.Queue()
         self._waiting: deque[RoundGroup] = deque()
-        self._batch: RoundStorage = new_round_batch()
+        self._batch: RoundStorage = new_round_batch(self.kv_kind)
         self._open: set[RoundGroup] = set()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -162,7 +165,7 @@ class RoundBatcher:
                     self._guarded(self._batch.groups(), self._step)
                 if not self._batch.rows and not self._waiting:
                     self.records.idle()  # the round is over: its peaks are kept and logged
-        self._batch = new_round_batch()
+        self._batch = new_round_batch(self.kv_kind)
         self._waiting.clear()
 
     def _take_arrivals(self) -> bool:
@@ -191,7 +194,7 @@ class RoundBatcher:
                       exc_info=exc)
             for group in groups:
                 reject(group.future, exc)
-            self._batch = new_round_batch()
+            self._batch = new_round_batch(self.kv_kind)
             self.speculation.release()
 
     # -- admission ----------------------------------------------------------------------

@@ -81,8 +81,8 @@ class SeedScheduler:
         self.busy_seconds = 0.0  # target computing (verification + prefill)
         self._cores = torch.get_num_threads()
         self.verifier_threads, self.drafter_threads = lanes.thread_split(
-            runtime.target.device.type, self.draft_threads, self._cores
-        )
+            runtime.target.device.type, self.draft_threads, self._cores,
+            runtime.options.seed_threads)
 
     # -- public -------------------------------------------------------------------------
     def own_spec(self) -> GroupSpec:
@@ -134,8 +134,8 @@ class SeedScheduler:
             if self._threads and self._drafters >= wanted:
                 return
             _, drafter_count = lanes.thread_split(
-                self.runtime.target.device.type, wanted, self._cores
-            )
+                self.runtime.target.device.type, wanted, self._cores,
+                self.runtime.options.seed_threads)
             starting: list[threading.Event] = []
             with lanes.keeping_default_threads():
                 if not self._threads:
