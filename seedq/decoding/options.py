@@ -32,7 +32,12 @@ MB = 1 << 20
 
 
 class OptionsError(ValueError):
-    """A decoding option (or the environment variable it was read from) is unusable."""
+    """A decoding option (or the environment variable it was read from) is unusable;
+    ``field`` names the option."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -54,15 +59,15 @@ class DecodingOptions:
                 "prefill_chunk": 0}
         for name, low in lows.items():
             if getattr(self, name) < low:
-                raise OptionsError(f"{name} must be >= {low}, got {getattr(self, name)}")
+                raise OptionsError(f"{name} must be >= {low}, got {getattr(self, name)}", name)
         for name, allowed in (("round_kv", ROUND_KV_KINDS), ("attention", ATTENTION_KINDS)):
             if getattr(self, name) not in allowed:
                 raise OptionsError(f"{name} must be one of {', '.join(allowed)}, "
-                                   f"got {getattr(self, name)!r}")
+                                   f"got {getattr(self, name)!r}", name)
         if self.seed_threads is not None and (
                 len(self.seed_threads) != 2 or min(self.seed_threads) < 0):
             raise OptionsError(f"seed_threads must be two thread counts (0: torch's default), "
-                               f"got {self.seed_threads}")
+                               f"got {self.seed_threads}", "seed_threads")
 
     @property
     def prefix_cache_bytes(self) -> int:
@@ -97,9 +102,9 @@ class DecodingOptions:
         try:
             return cls(**values)
         except OptionsError as exc:  # "<field> must ...": name the variable instead
-            name, rest = str(exc).split(" ", 1)
-            variable = next(v for v, (field, _) in _VARIABLES.items() if field == name)
-            raise OptionsError(f"{variable} {rest}") from None
+            variable = next(v for v, (name, _) in _VARIABLES.items() if name == exc.field)
+            raise OptionsError(str(exc).replace(str(exc.field), variable, 1), exc.field
+                               ) from None
 
 
 def _number(raw: str) -> float:

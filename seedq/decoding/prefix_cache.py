@@ -33,9 +33,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from seedq.decoding.options import DEFAULT_PREFIX_CACHE_MB
-
-DEFAULT_LIMIT_MB = DEFAULT_PREFIX_CACHE_MB  # per model
+from seedq.decoding.options import DecodingOptions
 
 Segment = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [1, H, run, D]
 
@@ -268,4 +266,4 @@ class PrefixCaches:
     @classmethod
     def default(cls) -> PrefixCaches:
         """Caches with the default limit (``DecodingOptions.prefix_cache_mb``)."""
-        return cls.with_limit(int(DEFAULT_LIMIT_MB * 2**20))
+        return cls.with_limit(DecodingOptions().prefix_cache_bytes)

@@ -79,7 +79,6 @@ class RoundBatcher:
         options = runtime.options  # the worker's (DecodingOptions): read once, passed down
         self.budget = budget or options.round_token_budget
         self.chunk = options.prefill_chunk
-        self.kv_kind = options.round_kv
         self._last_forward: float | None = None  # end of the live rows' last forward
         self.kv = KvBudget(runtime.target, options.round_kv_bytes if kv_budget is None
                            else kv_budget)
@@ -88,7 +87,7 @@ class RoundBatcher:
         self.busy_seconds = 0.0
         self._inbox: queue.Queue[object] = queue.Queue()
         self._waiting: deque[RoundGroup] = deque()
-        self._batch: RoundStorage = new_round_batch(self.kv_kind)
+        self._batch: RoundStorage = new_round_batch(self.runtime.options.round_kv)
         self._open: set[RoundGroup] = set()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -165,7 +164,7 @@ class RoundBatcher:
                     self._guarded(self._batch.groups(), self._step)
                 if not self._batch.rows and not self._waiting:
                     self.records.idle()  # the round is over: its peaks are kept and logged
-        self._batch = new_round_batch(self.kv_kind)
+        self._batch = new_round_batch(self.runtime.options.round_kv)
         self._waiting.clear()
 
     def _take_arrivals(self) -> bool:
@@ -194,7 +193,7 @@ class RoundBatcher:
                       exc_info=exc)
             for group in groups:
                 reject(group.future, exc)
-            self._batch = new_round_batch(self.kv_kind)
+            self._batch = new_round_batch(self.runtime.options.round_kv)
             self.speculation.release()
 
     # -- admission ----------------------------------------------------------------------
