@@ -29,8 +29,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench import hf_reference  # noqa: E402
 from seedq.decoding.config import EngineConfig  # noqa: E402
-from seedq.decoding.factory import LocalGenerator, _load, generator_from_models  # noqa: E402
+from seedq.decoding.factory import LocalGenerator, generator_from_models, load_model  # noqa: E402
 from seedq.decoding.loading import NGRAM, LoadedModel  # noqa: E402
+from seedq.decoding.options import DecodingOptions  # noqa: E402
 from seedq.decoding.types import GroupRequest, GroupResult, SamplingParams  # noqa: E402
 
 SHARED_GSM8K = ROOT.parent / "shared" / "data" / "gsm8k_test.jsonl"
@@ -131,11 +132,12 @@ def run_once(variant: Variant, generator: LocalGenerator | None, target: LoadedM
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     models: dict[str, LoadedModel] = {}
+    options = DecodingOptions.from_env()  # SEEDQ_* read once, as a worker does
 
     def model(name: str) -> LoadedModel:
         if name not in models:
-            models[name] = _load(name, EngineConfig(target=name, device=args.device,
-                                                    dtype=args.dtype))
+            models[name] = load_model(name, EngineConfig(target=name, device=args.device,
+                                                         dtype=args.dtype), options)
         return models[name]
 
     prompts = load_prompts(args.n)

@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.engines import load_prompts  # noqa: E402
 from seedq.decoding.config import EngineConfig  # noqa: E402
-from seedq.decoding.factory import _load, generator_from_models  # noqa: E402
+from seedq.decoding.factory import generator_from_models, load_model  # noqa: E402
+from seedq.decoding.options import DecodingOptions  # noqa: E402
 from seedq.decoding.types import GroupRequest, SamplingParams  # noqa: E402
 
 VARIANTS: list[dict[str, Any]] = [
@@ -46,14 +47,16 @@ def first_divergence(a: list[int], b: list[int]) -> int | None:
 
 def measure(args: argparse.Namespace, dtype: str) -> list[dict[str, Any]]:
     base = EngineConfig(target=args.target, device=args.device, dtype=dtype, draft=args.draft)
-    target = _load(args.target, base)
-    draft = target if args.draft == args.target else _load(args.draft, base)
+    decoding = DecodingOptions.from_env()
+    target = load_model(args.target, base, decoding)
+    draft = target if args.draft == args.target else load_model(args.draft, base, decoding)
     request = GroupRequest(tuple(load_prompts(args.n)),
                            SamplingParams(max_new_tokens=args.max_new_tokens), chat=True)
     reference = generator_from_models(replace(base, engine="ar"), target).run(request)
     rows = []
     for options in VARIANTS:
-        generator = generator_from_models(replace(base, **options), target, draft)
+        generator = generator_from_models(replace(base, **options), target, draft,
+                                          options=decoding)
         result = generator.run(request)
         generator.close()
         splits = [first_divergence(a.token_ids, b.token_ids)

@@ -7,7 +7,9 @@ worker) per engine and round size (trees in flight per worker).
 ``batch`` runs through the round batcher (every tree of the round shares each target
 forward); ``batch-group`` is the old per-group batch engine (``SEEDQ_ROUND_BATCHER=0``),
 ``seed-scheduler`` seed on its threaded SeeD scheduler (the same), ``seed-ngram`` seed in the
-round drafting by prompt lookup.
+round drafting by prompt lookup; ``batch-nomix``, ``auto-nomix``, ``seed-nomix`` the engine
+with ``SEEDQ_PREFILL_MIX=0`` (a joining group's prefill chunks run alone, between the rows'
+forwards, instead of inside them).
 Models are loaded once per engine, outside the timing; every run starts with an empty
 prefix cache and is timed from submit to the last tree stored. Repetitions are interleaved
 (every configuration once per repetition, the order reversed on odd repetitions); the table
@@ -27,7 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,21 +74,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-# benchmark names that are not engine names: (engine, draft or None for --draft)
-VARIANTS = {"batch-group": ("batch", None), "seed-scheduler": ("seed", None),
-            "seed-ngram": ("seed", "ngram")}
-OUTSIDE_ROUND = ("batch-group", "seed-scheduler")  # round_batcher off (SEEDQ_ROUND_BATCHER=0)
+@dataclass(frozen=True)
+class Variant:
+    """A benchmark name that is not an engine name: its engine, draft (None: ``--draft`` for
+    the speculative engines) and the decoding options it changes."""
+
+    engine: str
+    draft: str | None = None
+    round_batcher: bool = True  # False: outside the round (SEEDQ_ROUND_BATCHER=0)
+    prefill_mix: bool = True  # False: prefill chunks between the rows' forwards
+
+
+VARIANTS = {"batch-group": Variant("batch", round_batcher=False),
+            "seed-scheduler": Variant("seed", round_batcher=False),
+            "seed-ngram": Variant("seed", "ngram"),
+            **{f"{engine}-nomix": Variant(engine, prefill_mix=False)
+               for engine in ("batch", "auto", "seed")}}
 
 
 def load_engine(args: argparse.Namespace, name: str) -> LocalGenerator:
     """The generator for one benchmark engine, loaded once (its settings as a worker's)."""
-    engine = VARIANTS.get(name, (name, None))[0]
-    draft = args.draft if engine in SPECULATIVE else None  # auto: prompt lookup
+    variant = VARIANTS.get(name, Variant(name))
+    draft = args.draft if variant.engine in SPECULATIVE else None  # auto: prompt lookup
     settings = Settings.from_env().with_overrides(
-        engine=engine, target_model=args.target,
-        draft_model=VARIANTS.get(name, (name, draft))[1] or draft,
+        engine=variant.engine, target_model=args.target, draft_model=variant.draft or draft,
     )
-    options = replace(settings.decoding, round_batcher=name not in OUTSIDE_ROUND)
+    options = replace(settings.decoding, round_batcher=variant.round_batcher,
+                      prefill_mix=variant.prefill_mix)
     return load_generator(settings.engine_config(), options)
 
 
@@ -125,7 +139,8 @@ def run_once(args: argparse.Namespace, generator: LocalGenerator, round_size: in
 def round_counters(generator: LocalGenerator) -> dict[str, int]:
     """The round batcher's running counters (forwards, rows, tokens, drafted, accepted)."""
     stats = generator.rounds.stats if generator.rounds is not None else None
-    names = ("forwards", "rows", "tokens", "drafted", "accepted")
+    names = ("forwards", "rows", "tokens", "drafted", "accepted", "mixed_prefills",
+             "mixed_prefill_tokens")
     return {name: int(getattr(stats, name)) if stats is not None else 0 for name in names}
 
 

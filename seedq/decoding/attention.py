@@ -31,6 +31,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from seedq.decoding.options import ATTENTION_KINDS
+from seedq.decoding.packed import PLAN_KEY, folded_sdpa, packed_attention
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,12 @@ def packed_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
     KV heads in place. query [B, H, Q, D], key/value [B, H_kv, K, D], attention_mask
     [B or 1, 1, Q, K] -> output [B, Q, H, D]."""
     n_rep = int(getattr(module, "num_key_value_groups", 1))
-    batch, heads, q_len, dim = query.shape
-    kv_heads, kv_len = key.shape[1], key.shape[2]
+    plan = kwargs.get(PLAN_KEY)
+    if plan is not None:  # a packed forward (seedq.decoding.packed): attention per part
+        layer: Any = module.layer_idx
+        return packed_attention(plan, int(layer), query, n_rep, scaling), None
+    heads, q_len, dim = query.shape[1:]
+    kv_heads = key.shape[1]
     if (n_rep == 1 or q_len == 1 or attention_mask is None or dropout
             or attention_mask.dim() != 4 or attention_mask.shape[1] != 1
             or kv_heads * n_rep != heads or kwargs.get("position_bias") is not None
@@ -54,13 +59,7 @@ def packed_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
         return sdpa_attention_forward(module, query, key, value, attention_mask,
                                       dropout=dropout, scaling=scaling, is_causal=is_causal,
                                       **kwargs)
-    mask = attention_mask[:, :, :, :kv_len]  # [B|1, 1, Q, K]
-    mask = mask[:, :, None].expand(mask.shape[0], 1, n_rep, q_len, kv_len)
-    folded = query.reshape(batch, kv_heads, n_rep * q_len, dim)  # head h = kv_head * n_rep + r
-    out = torch.nn.functional.scaled_dot_product_attention(
-        folded, key, value, attn_mask=mask.reshape(mask.shape[0], 1, n_rep * q_len, kv_len),
-        scale=scaling)  # [B, H_kv, n_rep * Q, D]
-    return out.reshape(batch, heads, q_len, dim).transpose(1, 2).contiguous(), None
+    return folded_sdpa(query, key, value, attention_mask, n_rep, scaling).contiguous(), None
 
 
 def _register() -> None:
@@ -87,6 +86,12 @@ def install(model: Any, kind: str = "packed") -> bool:
         log.warning("attention: keeping sdpa for %s (%s)", type(model).__name__, exc)
         return False
     return True
+
+
+def installed(model: Any) -> bool:
+    """Whether ``model`` (a transformers model) runs :func:`packed_sdpa` (packed forwards
+    of :mod:`seedq.decoding.packed` need it)."""
+    return getattr(getattr(model, "config", None), "_attn_implementation", None) == NAME
 
 
 @contextmanager

@@ -165,17 +165,18 @@ def load_generator(config: EngineConfig, options: DecodingOptions | None = None
     ``options``: the worker's decoding options (``Settings.decoding``; None: read from the
     environment once, here)."""
     options = DecodingOptions.from_env() if options is None else options
-    target = _load(config.target, config, options)
+    target = load_model(config.target, config, options)
     draft = None
     if config.draft and config.draft != loading.NGRAM:
-        draft = _load(config.draft, config, options)
+        draft = load_model(config.draft, config, options)
     generator = generator_from_models(config, target, draft, options=options)
     if generator.rounds is not None and generator.speculates:
         generator.rounds.calibrate(generator.runtime)  # auto: the cost curve, at start
     return generator
 
 
-def _load(name: str, config: EngineConfig, options: DecodingOptions) -> LoadedModel:
+def load_model(name: str, config: EngineConfig, options: DecodingOptions) -> LoadedModel:
+    """One model by name (the built-in tiny ones, a converted built-in, a hub id or path)."""
     if name in (TINY_TARGET, TINY_DRAFT):
         model: Any = tiny_model(0) if name == TINY_TARGET else perturbed_copy(tiny_model(0), 0.05)
         model = model.to(device=config.device, dtype=loading.DTYPES[config.dtype])

@@ -9,6 +9,8 @@ engine reads the environment itself.
 - ``SEEDQ_ROUND_KV_MB`` -> ``round_kv_mb``: the round's KV budget (0: unlimited)
 - ``SEEDQ_ROUND_KV`` -> ``round_kv``: ``slots`` (default) or ``dynamic`` round storage
 - ``SEEDQ_PREFILL_CHUNK`` -> ``prefill_chunk``: prefill tokens per forward (256; 0: whole)
+- ``SEEDQ_PREFILL_MIX`` -> ``prefill_mix``: ``1`` (default) feeds a joining group's prefill
+  chunks in the same target forward as the round's rows (packed); ``0`` between forwards
 - ``SEEDQ_ATTENTION`` -> ``attention``: ``packed`` (default) or transformers' ``sdpa``
 - ``SEEDQ_SEED_THREADS`` -> ``seed_threads``: ``VERIFIER,DRAFTER`` intra-op threads
 - ``SEEDQ_CACHE_DIR`` -> ``cache_dir``: converted models (``$XDG_CACHE_HOME/seedq``)
@@ -50,6 +52,7 @@ class DecodingOptions:
     round_kv_mb: float = 0.0
     round_kv: str = "slots"
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK
+    prefill_mix: bool = True
     attention: str = "packed"
     seed_threads: tuple[int, int] | None = None  # (verifier, each drafter); None: split
     cache_dir: str | None = None  # None: $XDG_CACHE_HOME/seedq (~/.cache/seedq)
@@ -150,6 +153,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "SEEDQ_ROUND_KV_MB": ("round_kv_mb", _number),
     "SEEDQ_ROUND_KV": ("round_kv", _choice(ROUND_KV_KINDS)),
     "SEEDQ_PREFILL_CHUNK": ("prefill_chunk", _integer),
+    "SEEDQ_PREFILL_MIX": ("prefill_mix", _switch),
     "SEEDQ_ATTENTION": ("attention", _choice(ATTENTION_KINDS)),
     "SEEDQ_SEED_THREADS": ("seed_threads", _threads),
     "SEEDQ_CACHE_DIR": ("cache_dir", str),

@@ -19,7 +19,7 @@ import torch
 
 from seedq.decoding.config import EngineConfig
 from seedq.decoding.drafters import DraftShape, NgramDrafter, NgramIndex
-from seedq.decoding.engines import rounds
+from seedq.decoding.engines import round_admission
 from seedq.decoding.engines.round_batch import BATCH
 from seedq.decoding.engines.round_plan import Acceptance, DraftCost, ForwardCost, plan_lengths
 from seedq.decoding.factory import LocalGenerator, generator_from_models
@@ -65,14 +65,14 @@ def submit_staggered(monkeypatch: pytest.MonkeyPatch,
                      ) -> list[Future[GroupResult]]:
     """The first job is admitted alone; the rest queue meanwhile and join mid-round."""
     hold = Hold()
-    real = rounds.prepare_group
+    real = round_admission.prepare_group
 
     def held(runtime: Any, request: GroupRequest, *chunks: Any) -> Any:
         if request is jobs[0][1]:
             hold.stop_here()
         return real(runtime, request, *chunks)
 
-    monkeypatch.setattr(rounds, "prepare_group", held)
+    monkeypatch.setattr(round_admission, "prepare_group", held)
     futures = []
     for i, (generator, request) in enumerate(jobs):
         assert generator.rounds is not None
@@ -118,15 +118,16 @@ def test_greedy_identical_to_ar_while_groups_join_and_leave(
     assert lookup.rounds.open_groups == 0
 
 
-@pytest.mark.parametrize("chunk", [0, 3])
-def test_live_rows_decode_between_the_chunks_of_a_long_prefill(
-    chunk: int, target: LoadedModel, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("chunk", "mix"), [(0, False), (3, False), (0, True), (3, True)])
+def test_live_rows_decode_between_or_with_the_chunks_of_a_long_prefill(
+    chunk: int, mix: bool, target: LoadedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A group with a long prompt joins while others decode: with chunks its prefill is
-    split and the live rows take a decode step between two chunks; the output is ``ar``'s."""
+    split; the live rows take a decode step between two chunks, or (``prefill_mix``) every
+    chunk rides in the rows' own forward; the output is ``ar``'s either way."""
     # no prefix cache: every prefill encoded in full
     auto = make(EngineConfig(engine="auto", target="tiny"), target, None,
-                DecodingOptions(prefill_chunk=chunk, prefix_cache_mb=0))
+                DecodingOptions(prefill_chunk=chunk, prefix_cache_mb=0, prefill_mix=mix))
     batch = generator_from_models(EngineConfig(engine="batch", target="tiny"), target, None,
                                   hub=auto.hub)
     long_prompt = " ".join(PROMPTS)
@@ -139,11 +140,18 @@ def test_live_rows_decode_between_the_chunks_of_a_long_prefill(
         results = [f.result(timeout=WAIT) for f in submit_staggered(monkeypatch, jobs)]
         assert [tokens(r) for r in results] == expected
         stats = auto.rounds.stats  # type: ignore[union-attr]
-        if chunk:
-            assert stats.prefill_chunks >= len(target.tokenizer.encode(long_prompt)) // chunk - 2
+        pieces = len(target.tokenizer.encode(long_prompt)) // max(chunk, 1)
+        if mix:  # each chunk, and each sequence's last prompt token, in the rows' forward
+            assert stats.mixed_prefills >= (pieces - 2 if chunk else 1)
+            assert stats.mixed_prefill_tokens >= len(target.tokenizer.encode(long_prompt)) - 8
+            assert stats.failed_mixes == 0
+        elif chunk:
+            assert stats.prefill_chunks >= pieces - 2
             assert stats.steps_between_chunks > 0
         else:
             assert stats.prefill_chunks == stats.steps_between_chunks == 0
+        if not mix:
+            assert stats.mixed_prefills == stats.mixed_prefill_tokens == 0
         assert stats.longest_stall > 0
     finally:
         auto.close()
@@ -311,3 +319,41 @@ def test_auto_on_cuda_gives_what_ar_gives(draft: str, tokenizer: Any) -> None:
         generator.close()
     assert tokens(result) == ar_tokens(target, request)
     assert generator.rounds.stats.drafted > 0
+
+
+def test_a_failed_mixed_forward_runs_the_rows_and_the_prefill_apart(
+    target: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every forward that carries a joining group's prefill fails in its second layer (after
+    the chains' first keys were appended): the rows and the prefill then run apart, once
+    each, and every output is still ``ar``'s."""
+    from seedq.decoding import attention, packed
+
+    real = packed.packed_attention
+    failures = [0]
+
+    def failing(plan: packed.PackedPlan, layer_idx: int, *args: object) -> torch.Tensor:
+        if plan.chains and layer_idx == 1:
+            failures[0] += 1
+            raise RuntimeError("planted failure")
+        return real(plan, layer_idx, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(attention, "packed_attention", failing)
+    auto = make(EngineConfig(engine="auto", target="tiny"), target, None,
+                DecodingOptions(prefill_chunk=4, prefix_cache_mb=0))
+    batch = generator_from_models(EngineConfig(engine="batch", target="tiny"), target, None,
+                                  hub=auto.hub)
+    jobs = [(batch, GroupRequest(PROMPTS[:2], SamplingParams(max_new_tokens=30))),
+            (auto, GroupRequest((" ".join(PROMPTS[2:5]),) * 2,
+                                SamplingParams(max_new_tokens=10))),
+            (batch, GroupRequest((PROMPTS[6],), SamplingParams(max_new_tokens=8)))]
+    try:
+        expected = [ar_tokens(target, r) for _, r in jobs]
+        results = [f.result(timeout=WAIT) for f in submit_staggered(monkeypatch, jobs)]
+        assert [tokens(r) for r in results] == expected
+        stats = auto.rounds.stats  # type: ignore[union-attr]
+        assert stats.failed_mixes == failures[0] > 0
+        assert stats.mixed_prefills == 0  # none of them succeeded
+        assert stats.steps_between_chunks > 0  # the plain way: a step between two chunks
+    finally:
+        auto.close()

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from seedq.decoding.config import EngineConfig
-from seedq.decoding.engines import round_budget, rounds
+from seedq.decoding.engines import round_admission, round_budget, rounds
 from seedq.decoding.engines.batch import BatchEngine
 from seedq.decoding.engines.round_slots import SlotRoundBatch
 from seedq.decoding.engines.rounds import RoundBatcher
@@ -72,14 +72,14 @@ def submit_staggered(monkeypatch: pytest.MonkeyPatch,
                      ) -> list[Future[GroupResult]]:
     """Submit the first job, hold the loop while it admits it, queue the rest, release."""
     hold = Hold()
-    real = rounds.prepare_group
+    real = round_admission.prepare_group
 
     def held(runtime: Any, request: GroupRequest, *chunks: Any) -> Any:
         if request is jobs[0][1]:
             hold.stop_here()
         return real(runtime, request, *chunks)
 
-    monkeypatch.setattr(rounds, "prepare_group", held)
+    monkeypatch.setattr(round_admission, "prepare_group", held)
     first = jobs[0][0]
     assert first.rounds is not None
     futures = [first.rounds.submit(jobs[0][1], first.runtime)]

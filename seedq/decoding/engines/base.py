@@ -60,10 +60,13 @@ def shared_prefix_length(prompts: Sequence[list[int]]) -> int:
 @dataclass(frozen=True)
 class Chunks:
     """Prefill in chunks of ``size`` tokens, calling ``between()`` between two chunks (the
-    round batcher decodes its live rows there, so they never wait behind a long prefill)."""
+    round batcher decodes its live rows there, so they never wait behind a long prefill).
+    ``mixed(model, tokens, cache)``, when given, may feed a chunk itself, in the same forward
+    as the round's rows (True: fed; False: the chunk goes the plain way)."""
 
     size: int
     between: Callable[[], None]
+    mixed: Callable[[LanguageModel, list[int], DynamicCache], bool] | None = None
 
 
 def feed_chain(model: LanguageModel, tokens: list[int], cache: DynamicCache,
@@ -71,9 +74,12 @@ def feed_chain(model: LanguageModel, tokens: list[int], cache: DynamicCache,
     """Encode ``tokens`` on top of ``cache``, in chunks when ``chunks`` says so."""
     size = chunks.size if chunks is not None and chunks.size > 0 else len(tokens)
     for start in range(0, len(tokens), max(size, 1)):
+        piece = tokens[start:start + size]
+        if chunks is not None and chunks.mixed is not None and chunks.mixed(model, piece, cache):
+            continue
         if start and chunks is not None:
             chunks.between()
-        model.forward_chain(tokens[start:start + size], cache, keep=1)
+        model.forward_chain(piece, cache, keep=1)
 
 
 def encode_prefix(model: LanguageModel, tokens: list[int], prefix: PrefixCache | None = None,

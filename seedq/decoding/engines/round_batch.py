@@ -24,6 +24,7 @@ from seedq.decoding.engines.batch import attention_mask
 from seedq.decoding.engines.seed_groups import OpenGroup
 from seedq.decoding.models import LanguageModel
 from seedq.decoding.options import ROUND_KV_KINDS
+from seedq.decoding.packed import Chain
 from seedq.decoding.sequence import SequenceState
 
 
@@ -83,6 +84,7 @@ class RoundStorage(Protocol):
     preallocated slot cache). ``rows[i]`` is the i-th row of every forward."""
 
     rows: list[Row]
+    can_mix: bool  # it packs prefill chains into a forward (:meth:`forward_mixed`)
 
     @property
     def cache(self) -> Any: ...  # its KV tensors (round_budget.cache_bytes), None when empty
@@ -100,6 +102,9 @@ class RoundStorage(Protocol):
 
     def forward(self, model: LanguageModel, drafts: list[list[int]] | None = None
                 ) -> list[torch.Tensor]: ...
+
+    def forward_mixed(self, model: LanguageModel, drafts: list[list[int]], chains: list[Chain]
+                      ) -> tuple[list[torch.Tensor], list[torch.Tensor]]: ...
 
     def forward_subset(self, model: LanguageModel, indices: list[int], feeds: list[list[int]]
                        ) -> tuple[list[torch.Tensor], Any]: ...
@@ -141,6 +146,11 @@ class RoundBatch:
     rows: list[Row] = field(default_factory=list)
     cache: DynamicCache | None = None
     mask: torch.Tensor = field(default_factory=lambda: torch.zeros((0, 0), dtype=torch.long))
+    can_mix = False  # its rows are left-padded in one DynamicCache: nothing to pack into
+
+    def forward_mixed(self, model: LanguageModel, drafts: list[list[int]], chains: list[Chain]
+                      ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        raise NotImplementedError("the dynamic round storage does not pack prefills")
 
     @property
     def width(self) -> int:

@@ -33,6 +33,7 @@ from transformers import DynamicCache
 
 from seedq.decoding.engines.round_batch import RoundGroup, Row
 from seedq.decoding.models import LanguageModel
+from seedq.decoding.packed import Chain, forward_packed
 from seedq.decoding.slot_cache import KV, SlotCache, kv_pairs
 
 GROWTH = 1.5  # capacity grows to this x what the forward needs (within the rows' bound)
@@ -45,6 +46,7 @@ class SlotRoundBatch:
     rows: list[Row] = field(default_factory=list)
     cache: SlotCache | None = None
     block: int = BLOCK
+    can_mix = True
 
     @property
     def width(self) -> int:
@@ -107,6 +109,18 @@ class SlotRoundBatch:
         cache = self._reserve(len(self.rows), self.width + q)
         logits = forward_feeds(model, cache, feeds)
         return [row_logits[: len(feed)] for row_logits, feed in zip(logits, feeds, strict=True)]
+
+    def forward_mixed(self, model: LanguageModel, drafts: list[list[int]], chains: list[Chain]
+                      ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """:meth:`forward` with ``chains`` (prefill pieces of sequences joining the round,
+        each on its own batch-1 cache) packed into the same forward
+        (:func:`~seedq.decoding.packed.forward_packed`): per chain its last ``need`` logits,
+        per row its logits. A failed forward crops the chains back."""
+        feeds = self.feeds(drafts)
+        q = max(len(feed) for feed in feeds)
+        self._checked(check_positions=True)
+        cache = self._reserve(len(self.rows), self.width + q)
+        return forward_packed(model, chains, cache, feeds)
 
     def settle(self, kept: list[int], q: int) -> None:
         """After a forward: row b keeps the first ``kept[b]`` of its new entries (its

@@ -4,8 +4,9 @@ caller.
 One long-lived loop per loaded target (held by the :class:`~seedq.decoding.target.TargetHub`
 like the SeeD scheduler) decodes the groups of all concurrent callers (the trees of a
 worker's round) together. Groups are admitted first-come-first-served between forwards:
-their prompts are prefilled (:func:`prepare_group`, through the prefix cache, then one
-batched forward of the per-sequence suffixes) and their sequences join the round's rows
+their prompts are prefilled (:mod:`~seedq.decoding.engines.round_admission`: through the
+prefix cache, the rest in chunks that ride in the live rows' own forwards, packed) and their
+sequences join the round's rows
 (``SEEDQ_ROUND_KV``: preallocated slots written in place, :class:`SlotRoundBatch`, or the
 older left-padded ``DynamicCache``, :class:`RoundBatch`). Each step is ONE target forward of
 every live row of every group: its pending token, plus the draft chain that
@@ -42,17 +43,10 @@ from typing import Any
 
 import torch
 
-from seedq.decoding import kvcache
-from seedq.decoding.batching import RowInput, forward_rows
 from seedq.decoding.engines import lanes
-from seedq.decoding.engines.base import (
-    Chunks,
-    MemoryMeter,
-    Runtime,
-    prepare_group,
-    store_prompts,
-)
+from seedq.decoding.engines.base import MemoryMeter, Runtime
 from seedq.decoding.engines.batch import commit_token
+from seedq.decoding.engines.round_admission import Riders, RoundAdmission
 from seedq.decoding.engines.round_batch import (
     BATCH,
     RoundGroup,
@@ -65,12 +59,14 @@ from seedq.decoding.engines.round_budget import KvBudget, cache_bytes
 from seedq.decoding.engines.round_records import RoundLog, RoundStats
 from seedq.decoding.engines.round_speculation import Planned, RoundSpeculation
 from seedq.decoding.engines.seed_groups import reject, resolve
-from seedq.decoding.types import DecodingError, GroupRequest, GroupResult
+from seedq.decoding.types import GroupRequest, GroupResult
 
 log = logging.getLogger(__name__)
 
 _STOP = object()
-class RoundBatcher:
+
+
+class RoundBatcher(RoundAdmission):
     name = "batch"
 
     def __init__(self, runtime: Runtime, target_lock: threading.Lock | None = None,
@@ -196,113 +192,34 @@ class RoundBatcher:
             self._batch = new_round_batch(self.runtime.options.round_kv)
             self.speculation.release()
 
-    # -- admission ----------------------------------------------------------------------
-    def _admit_waiting(self) -> None:
-        """Admit groups from the head of the queue while their sequences fit the budget."""
-        while self._waiting:
-            head = self._waiting[0]
-            if head.future.done():  # cancelled while it waited
-                self._waiting.popleft()
-                continue
-            live = len(self._batch.rows)
-            if live and live + len(head.request.prompts) > self.budget:
-                return
-            try:
-                fits = self.kv.check(self._batch, head)
-            except Exception as exc:  # over the KV budget alone (or its prompts fail)
-                self._waiting.popleft()
-                self.stats.kv_rejected += isinstance(exc, DecodingError)
-                reject(head.future, exc)
-                continue
-            if not fits:  # the live rows decode on (the loop does not block) until it fits
-                self.stats.kv_waits += 1
-                return
-            self._waiting.popleft()
-            if live:
-                self.stats.joined_mid_round += 1
-            try:
-                self._admit(head)
-            except Exception as exc:
-                log.error("round batcher: admitting a group failed", exc_info=exc)
-                reject(head.future, exc)
-
-    def _admit(self, group: RoundGroup) -> None:
-        """Prefill the group (prefix cache, then its suffixes in one forward), commit each
-        sequence's first token, and add the unfinished ones to the round."""
-        nested = [0.0]  # seconds spent decoding the live rows between prefill chunks
-        chunks = Chunks(self.chunk, lambda: self._between_chunks(nested)) if self.chunk else None
-        with self.target_lock:
-            began = time.perf_counter()
-            group.busy_at_start = self.busy_seconds
-            try:
-                if group.speculate and group.mode.planned:  # once per model, first auto group
-                    self.speculation.calibrate(group.runtime.drafter,
-                                               group.runtime.config.gamma)
-                group.states = prepare_group(group.runtime, group.request, chunks)
-                inputs = [RowInput(s.pending(s.target), s.target, need=1) for s in group.states]
-                logits = forward_rows(self.runtime.target, inputs)
-            finally:
-                elapsed = time.perf_counter() - began - nested[0]
-                self.busy_seconds += elapsed
-        rows, caches = [], []
-        for state, row_input, last in zip(group.states, inputs, logits, strict=True):
-            state.target.length += len(row_input.tokens)
-            store_prompts(group.runtime, [state])  # whole, for the prompts that extend it
-            state.metrics.target_forwards += 1
-            state.metrics.verify_seconds += elapsed / len(group.states)
-            token = commit_token(group.runtime, state, last[-1])
-            if not state.done:
-                rows.append(Row(state, group, token, state.target.length))
-                caches.append(state.target.cache)
-                state.target.cache = kvcache.new_cache()  # the round holds its KV now
-        group.unfinished = len(rows)
-        group.meter.sample()
-        self.records.admitted()
-        if rows:
-            self._batch.join(rows, caches)
-            self.kv.observe(self._batch, self.stats)
-            self.records.observe(cache_bytes(self._batch), len(self._batch.rows), forward=True)
-        else:
-            self._finish(group)
-
-    def _between_chunks(self, nested: list[float]) -> None:
-        """Between two chunks of a group's prefill (the target lock held by the admission):
-        one decode step of the live rows, so that they never wait behind a long prefill."""
-        began = time.perf_counter()
-        self.stats.prefill_chunks += 1
-        self.target_lock.release()  # the step takes it for its own forward
-        try:
-            if self._batch.rows:
-                self.stats.steps_between_chunks += 1
-                self._guarded(self._batch.groups(), self._step)
-        finally:
-            self.target_lock.acquire()
-            nested[0] += time.perf_counter() - began
-
     # -- decoding -----------------------------------------------------------------------
-    def _step(self) -> None:
+    def _step(self, riders: Riders | None = None) -> None:
         """One forward of every live row (its pending token and its draft, if the plan
-        gives it one), then each row commits its tokens."""
+        gives it one, and ``riders``' prefill tokens), then each row commits its tokens."""
         self._drop(lambda row: row.group.future.done())  # cancelled or failed groups
         if not self._batch.rows:
             return
         groups = self._batch.groups()
         plans = self._plan()
         feeds = self._batch.feeds([p.tree.tokens if p.tree else [] for p in plans])
+        tokens = sum(len(feed) for feed in feeds)
         with self.target_lock:
             began = time.perf_counter()
             if self._last_forward is not None:
                 self.stats.longest_stall = max(self.stats.longest_stall,
                                                began - self._last_forward)
             try:
-                logits = self._forward(groups, feeds)
+                logits = self._forward(groups, feeds, riders)
             finally:
                 self._last_forward = time.perf_counter()
                 elapsed = self._last_forward - began
+                if riders is not None and riders.logits is not None:  # their share: theirs
+                    riders.seconds = elapsed * riders.tokens / (riders.tokens + tokens)
+                    elapsed -= riders.seconds
                 self.busy_seconds += elapsed
-        tokens = sum(len(feed) for feed in feeds)
         width = max(len(feed) for feed in feeds)  # the short feeds are padded to it
-        self.speculation.observe_forward(len(feeds) * width, elapsed)  # rows x width computed
+        if riders is None or riders.logits is None:  # the cost curve is of rows alone
+            self.speculation.observe_forward(len(feeds) * width, elapsed)  # rows x width
         self._count(groups, elapsed, tokens)
         self.kv.observe(self._batch, self.stats)
         self.records.observe(cache_bytes(self._batch), len(self._batch.rows), forward=True)
@@ -348,10 +265,20 @@ class RoundBatcher:
             row.state.target.length += kept[i]
         return kept
 
-    def _forward(self, groups: list[RoundGroup], feeds: list[list[int]]
-                 ) -> list[torch.Tensor | None]:
-        """Logits per row; when the batched forward fails, each group is run alone and a
-        group whose forward fails again is failed (its rows get None)."""
+    def _forward(self, groups: list[RoundGroup], feeds: list[list[int]],
+                 riders: Riders | None = None) -> list[torch.Tensor | None]:
+        """Logits per row (``riders`` fed in the same forward when it succeeds); when the
+        batched forward fails, each group is run alone and a group whose forward fails
+        again is failed (its rows get None)."""
+        if riders is not None:
+            try:
+                riders.logits, rows = self._batch.forward_mixed(
+                    self.runtime.target, [f[1:] for f in feeds], riders.chains)
+                return list(rows)
+            except Exception as exc:  # the chains were cropped back: fed apart later
+                self.stats.failed_mixes += 1
+                log.warning("round batcher: a forward with a prefill failed (%s); the rows "
+                            "and the prefill run apart", exc)
         try:
             return list(self._batch.forward(self.runtime.target, [f[1:] for f in feeds]))
         except Exception as exc:
