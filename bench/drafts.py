@@ -10,9 +10,11 @@ argmax is the target's. Cost: one forward of ``--rows`` rows x 1 token over ``--
 tokens (median of ``--reps``, interleaved across candidates). Candidates: ``smollm2-int8``
 (the built-in draft) and copies of the target that keep only some of its layers
 (self-speculative drafting without training: the first k, the first and last k/2, every
-other one), in float32 and int8. From the two numbers, the speedup a greedy chain of
-``gamma`` tokens could give over plain decoding at this row count, with the verify forward
-of ``1 + gamma`` tokens costed as measured (``--verify-cost``): expected tokens per step
+other one), in float32 and int8, and bfloat16 copies of the target (whole, first 15 layers;
+this EPYC has AVX512-BF16). Forwards are timed as the round batcher runs them (slot KV
+cache, packed attention, logits of the fed tokens). From the two numbers, the speedup a
+greedy chain of ``gamma`` tokens could give over plain decoding at this row count, with the
+verify forward of ``1 + gamma`` tokens costed as measured: expected tokens per step
 ``(1 - a^(g+1)) / (1 - a)`` over ``g * draft + verify``. Writes ``bench/results/drafts.json``.
 """
 
@@ -77,6 +79,8 @@ def candidates(target: Any) -> dict[str, Any]:
         out[name] = kept_layers(target, keep)
     for name in ("ends10", "ends15"):
         out[f"{name}-int8"] = loading.quantize_int8(copy.deepcopy(out[name]))
+    out["smollm2-bf16"] = copy.deepcopy(target).to(torch.bfloat16)  # the target, bfloat16
+    out["first15-bf16"] = kept_layers(target, shapes["first15"]).to(torch.bfloat16)
     return out
 
 
@@ -107,17 +111,26 @@ def agreement(model: Any, texts: list[tuple[int, torch.Tensor, torch.Tensor]]) -
 
 
 class Timer:
-    """One model's decode forwards over a prefilled cache of ``rows`` x ``kv`` tokens (the
-    new column cropped off after each timing, outside the timed region)."""
+    """One model's forwards as the round batcher runs them: ``rows`` rows of ``kv`` cached
+    tokens in a slot KV cache (written in place), packed grouped-query attention, logits of
+    the fed tokens only. Nothing is committed, so every forward starts from the same lengths
+    (its new entries are scratch that the next one overwrites)."""
 
-    def __init__(self, model: Any, rows: int, kv: int) -> None:
+    def __init__(self, model: Any, tokenizer: Any, rows: int, kv: int) -> None:
         from transformers import DynamicCache
 
-        self.model, self.rows, self.kv = model, rows, kv
+        from seedq.decoding.slot_cache import SlotCache
+
+        self.model = loading.wrap(model, tokenizer, "timed", "packed").model  # packed_sdpa
+        self.rows, self.kv = rows, kv
         self.generator = torch.Generator().manual_seed(0)
-        self.cache = DynamicCache()
+        cache = DynamicCache()
         with torch.inference_mode():
-            model(self.ids(kv), past_key_values=self.cache, use_cache=True)
+            self.model.forward(self.ids(kv)[:1], cache)
+        dtype = next(model.parameters()).dtype  # the embedding's: its KV's (int8: float32)
+        self.slots = SlotCache(model.config, rows, kv + 8, dtype, self.model.device)
+        for _ in range(rows):
+            self.slots.load(self.slots.allocate(), cache)
 
     def ids(self, width: int) -> torch.Tensor:
         return torch.randint(0, 1000, (self.rows, width), generator=self.generator)
@@ -126,10 +139,10 @@ class Timer:
     def seconds(self, width: int = 1) -> float:
         ids = self.ids(width)
         began = time.perf_counter()
-        self.model(ids, past_key_values=self.cache, use_cache=True)
-        took = time.perf_counter() - began
-        self.cache.crop(-width)  # transformers 5: a negative count removes that many
-        return took
+        step = self.slots.prepare([width] * self.rows)
+        self.model.forward(ids, self.slots, step.attention_mask, step.position_ids,  # type: ignore[arg-type]
+                           keep=width)
+        return time.perf_counter() - began
 
 
 def best_speedup(accept: float, draft: float, verify: dict[int, float]) -> tuple[int, float]:
@@ -156,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     target = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     texts = continuations(args, target, tokenizer)
     models = {"target": target, **candidates(target)}
-    timers = {name: Timer(model, args.rows, args.kv) for name, model in models.items()}
+    timers = {name: Timer(model, tokenizer, args.rows, args.kv) for name, model in models.items()}
     times: dict[str, list[float]] = {name: [] for name in models}
     verify: dict[int, list[float]] = {g: [] for g in range(5)}
     for rep in range(args.reps):  # interleaved, the order reversed on odd repetitions

@@ -7,9 +7,10 @@ worker) per engine and round size (trees in flight per worker).
 ``batch`` runs through the round batcher (every tree of the round shares each target
 forward); ``batch-group`` is the old per-group batch engine (``SEEDQ_ROUND_BATCHER=0``),
 ``seed-scheduler`` seed on its threaded SeeD scheduler (the same), ``seed-ngram`` seed in the
-round drafting by prompt lookup; ``batch-nomix``, ``auto-nomix``, ``seed-nomix`` the engine
-with ``SEEDQ_PREFILL_MIX=0`` (a joining group's prefill chunks run alone, between the rows'
-forwards, instead of inside them).
+round drafting by prompt lookup, ``seed-int8`` / ``seed-bf16`` seed with that draft whatever
+``--draft`` says (``seed-bf16-g2``, ``-g3``: chains of 2, 3 instead of 4); ``batch-nomix``,
+``auto-nomix``, ``seed-nomix`` the engine with ``SEEDQ_PREFILL_MIX=0`` (a joining group's
+prefill chunks run alone, between the rows' forwards, instead of inside them).
 Models are loaded once per engine, outside the timing; every run starts with an empty
 prefix cache and is timed from submit to the last tree stored. Repetitions are interleaved
 (every configuration once per repetition, the order reversed on odd repetitions); the table
@@ -83,11 +84,15 @@ class Variant:
     draft: str | None = None
     round_batcher: bool = True  # False: outside the round (SEEDQ_ROUND_BATCHER=0)
     prefill_mix: bool = True  # False: prefill chunks between the rows' forwards
+    gamma: int | None = None  # the draft chain's length (None: the engine's default, 4)
 
 
 VARIANTS = {"batch-group": Variant("batch", round_batcher=False),
             "seed-scheduler": Variant("seed", round_batcher=False),
             "seed-ngram": Variant("seed", "ngram"),
+            "seed-int8": Variant("seed", "smollm2-int8"),
+            "seed-bf16": Variant("seed", "smollm2-bf16"),
+            **{f"seed-bf16-g{g}": Variant("seed", "smollm2-bf16", gamma=g) for g in (2, 3)},
             **{f"{engine}-nomix": Variant(engine, prefill_mix=False)
                for engine in ("batch", "auto", "seed")}}
 
@@ -101,7 +106,10 @@ def load_engine(args: argparse.Namespace, name: str) -> LocalGenerator:
     )
     options = replace(settings.decoding, round_batcher=variant.round_batcher,
                       prefill_mix=variant.prefill_mix)
-    return load_generator(settings.engine_config(), options)
+    config = settings.engine_config()
+    if variant.gamma is not None:
+        config = replace(config, gamma=variant.gamma)
+    return load_generator(config, options)
 
 
 def run_once(args: argparse.Namespace, generator: LocalGenerator, round_size: int,

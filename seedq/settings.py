@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from seedq.decoding.options import DecodingOptions, OptionsError
+from seedq.decoding.options import DecodingOptions, OptionsError, parse_integer, parse_number
 
 if TYPE_CHECKING:
     from seedq.decoding.config import EngineConfig
@@ -42,27 +42,27 @@ class SettingsError(ValueError):
     """An environment variable has a value seedq cannot use."""
 
 
+N = TypeVar("N", int, float)
+
+
 def _env_int(env: Mapping[str, str], name: str, default: int, low: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise SettingsError(f"{name} must be an integer, got {raw!r}") from exc
-    if value < low:
-        raise SettingsError(f"{name} must be >= {low}, got {value}")
-    return value
+    return _env_value(env, name, default, low, parse_integer)
 
 
 def _env_float(env: Mapping[str, str], name: str, default: float, low: float) -> float:
+    return _env_value(env, name, default, low, parse_number)
+
+
+def _env_value(env: Mapping[str, str], name: str, default: N, low: N,
+               parse: Callable[[str], N]) -> N:
+    """``name``'s value (``default`` when unset or empty), at least ``low``; errors name it."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = float(raw)
+        value = parse(raw)
     except ValueError as exc:
-        raise SettingsError(f"{name} must be a number, got {raw!r}") from exc
+        raise SettingsError(f"{name} {exc}") from None
     if value < low:
         raise SettingsError(f"{name} must be >= {low}, got {value}")
     return value

@@ -97,7 +97,7 @@ def model_flags(*, local: bool) -> Callable[[F], F]:
         click.option("--target", "target_model", default=default("target_model"),
                      show_default=local, help="target model: HF id, directory or smollm2"),
         click.option("--draft", "draft_model", default=None,
-                     help="draft model: HF id, directory, smollm2-int8 or ngram"),
+                     help="draft model: HF id, directory, smollm2-int8, smollm2-bf16 or ngram"),
         click.option("--device", "device", default=default("device"), show_default=local,
                      help="cpu, cuda, cuda:1 ..."),
         click.option("--dtype", "dtype", type=click.Choice(DTYPES), default=default("dtype"),

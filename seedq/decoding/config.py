@@ -22,8 +22,8 @@ class EngineConfig:
 
     ``target`` / ``draft`` are Hugging Face ids or local directories, or the built-in
     name ``smollm2`` (SmolLM2-135M-Instruct, shipped offline). ``draft`` may also be
-    ``smollm2-int8`` (an int8 dynamically quantized copy of the target) or ``ngram``
-    (prompt-lookup drafting, no draft model).
+    ``smollm2-int8`` (an int8 dynamically quantized copy of the target), ``smollm2-bf16``
+    (its weights in bfloat16) or ``ngram`` (prompt-lookup drafting, no draft model).
     """
 
     engine: str = "ar"

@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 SMOLLM2 = "smollm2"
 SMOLLM2_INT8 = "smollm2-int8"
+SMOLLM2_BF16 = "smollm2-bf16"  # the same weights in bfloat16 (a draft for the float32 one)
+BUILT_IN = (SMOLLM2, SMOLLM2_INT8, SMOLLM2_BF16)
 NGRAM = "ngram"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -63,7 +65,7 @@ def _convert_gguf(folder: Path, target: Path) -> None:
 
 def resolve(name: str, cache_dir: Path) -> str:
     """Local path or hub id for a model name (built-ins resolved to their cached copy)."""
-    if name in (SMOLLM2, SMOLLM2_INT8):
+    if name in BUILT_IN:
         return str(smollm2_path(cache_dir))
     return name
 
@@ -91,6 +93,8 @@ def load(name: str, device: str = "cpu", dtype: str = "float32",
         if device != "cpu":
             raise DecodingError("smollm2-int8 (dynamic int8 quantization) runs on the CPU only")
         model = quantize_int8(model)
+    elif name == SMOLLM2_BF16:  # whatever ``dtype`` the target runs in
+        model = model.to(device=device, dtype=torch.bfloat16)
     else:
         model = model.to(device)
     return wrap(model, tokenizer, name, options.attention)

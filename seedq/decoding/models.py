@@ -34,7 +34,8 @@ class LanguageModel:
         cache: Cache,  # a DynamicCache, or a SlotCache (seedq.decoding.slot_cache)
         attention_mask: torch.Tensor | None = None,  # [B, 1, Q, K] bool (True = attend) or None
         position_ids: torch.Tensor | None = None,  # [B, Q] long
-        keep: int = 0,  # logits of the last `keep` positions only (0: all)
+        keep: int | torch.Tensor = 0,  # logits of the last `keep` positions only (0: all),
+        # or of the positions a 1D index tensor names (the same for every row)
     ) -> torch.Tensor:  # [B, Q or keep, V] float32, on the model's device
         kwargs: dict[str, Any] = {"cache": cache, "use_cache": True, "logits_to_keep": keep}
         if attention_mask is not None:

@@ -110,14 +110,17 @@ class DecodingOptions:
                                ) from None
 
 
-def _number(raw: str) -> float:
+def parse_number(raw: str) -> float:
+    """A variable's float value; ValueError "must be a number, got ..." (also for
+    ``seedq.settings``)."""
     try:
         return float(raw)
     except ValueError:
         raise ValueError(f"must be a number, got {raw!r}") from None
 
 
-def _integer(raw: str) -> int:
+def parse_integer(raw: str) -> int:
+    """A variable's int value; ValueError "must be an integer, got ..."."""
     try:
         return int(raw)
     except ValueError:
@@ -147,12 +150,12 @@ def _threads(raw: str) -> tuple[int, int]:
 
 
 _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "SEEDQ_PREFIX_CACHE_MB": ("prefix_cache_mb", _number),
+    "SEEDQ_PREFIX_CACHE_MB": ("prefix_cache_mb", parse_number),
     "SEEDQ_ROUND_BATCHER": ("round_batcher", _switch),
-    "SEEDQ_ROUND_TOKEN_BUDGET": ("round_token_budget", _integer),
-    "SEEDQ_ROUND_KV_MB": ("round_kv_mb", _number),
+    "SEEDQ_ROUND_TOKEN_BUDGET": ("round_token_budget", parse_integer),
+    "SEEDQ_ROUND_KV_MB": ("round_kv_mb", parse_number),
     "SEEDQ_ROUND_KV": ("round_kv", _choice(ROUND_KV_KINDS)),
-    "SEEDQ_PREFILL_CHUNK": ("prefill_chunk", _integer),
+    "SEEDQ_PREFILL_CHUNK": ("prefill_chunk", parse_integer),
     "SEEDQ_PREFILL_MIX": ("prefill_mix", _switch),
     "SEEDQ_ATTENTION": ("attention", _choice(ATTENTION_KINDS)),
     "SEEDQ_SEED_THREADS": ("seed_threads", _threads),

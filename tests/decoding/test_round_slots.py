@@ -263,3 +263,25 @@ def test_the_factory_follows_the_round_kv_option(target: LoadedModel) -> None:
 def test_cache_bytes_of_an_empty_slot_round() -> None:
     assert round_budget.cache_bytes(SlotRoundBatch()) == 0
     assert isinstance(SlotCache.shaped(2, 2, 4, 1, 8), SlotCache)
+
+
+def test_forward_last_gives_each_rows_last_fed_logits(target: LoadedModel) -> None:
+    """The draft side's forward: rows feeding 5, 2, 0 (padding) and 5 tokens get the logits
+    after their last fed token (the LM head runs on the 2 distinct last columns only)."""
+    from seedq.decoding.engines.round_slots import forward_feeds, forward_last
+
+    model = target.model
+    histories = [tokens(20, 31), tokens(12, 32), tokens(9, 33), tokens(15, 34)]
+    feeds = [tokens(5, 35), tokens(2, 36), [], tokens(5, 37)]
+    cache = SlotCache(model.model.config, 4, 64, torch.float32, model.device, 16)
+    for history in histories:
+        cache.load(cache.allocate(), prefilled(model, history))
+    last = forward_last(model, cache, feeds)
+    full = forward_feeds(model, cache, feeds)
+    assert last.shape == (4, model.vocab_size)
+    for row, (history, feed) in enumerate(zip(histories, feeds, strict=True)):
+        if not feed:
+            continue
+        torch.testing.assert_close(last[row], full[row, len(feed) - 1], atol=ATOL, rtol=0)
+        torch.testing.assert_close(last[row], plain(model, history + feed, 1)[0], atol=ATOL,
+                                   rtol=0)

@@ -165,6 +165,10 @@ def test_settings_from_env() -> None:
     ("SEEDQ_PREFILL_CHUNK", "-5", "SEEDQ_PREFILL_CHUNK must be >= 0"),
     ("SEEDQ_ROUND_KV", "paged", "SEEDQ_ROUND_KV must be one of slots, dynamic"),
     ("SEEDQ_ROUND_BATCHER", "yes", "SEEDQ_ROUND_BATCHER must be one of 0, 1"),
+    ("SEEDQ_PREFILL_MIX", "on", "SEEDQ_PREFILL_MIX must be one of 0, 1"),
+    ("SEEDQ_ROUND_SIZE", "six", "SEEDQ_ROUND_SIZE must be an integer, got 'six'"),
+    ("SEEDQ_HEARTBEAT_SECONDS", "1s", "SEEDQ_HEARTBEAT_SECONDS must be a number, got '1s'"),
+    ("SEEDQ_HEARTBEAT_SECONDS", "0.01", "SEEDQ_HEARTBEAT_SECONDS must be >= 0.05, got 0.01"),
     ("SEEDQ_SEED_THREADS", "2", "SEEDQ_SEED_THREADS must be VERIFIER,DRAFTER"),
     ("SEEDQ_ATTENTION", "flash", "SEEDQ_ATTENTION must be one of packed, sdpa"),
 ])
@@ -179,12 +183,12 @@ def test_decoding_variables_reach_the_settings_once() -> None:
     good = {"SEEDQ_PREFIX_CACHE_MB": "64", "SEEDQ_ROUND_TOKEN_BUDGET": "32",
             "SEEDQ_ROUND_KV_MB": "0.5", "SEEDQ_ROUND_KV": "Dynamic", "SEEDQ_PREFILL_CHUNK": "0",
             "SEEDQ_ROUND_BATCHER": "0", "SEEDQ_SEED_THREADS": "1,1", "SEEDQ_ATTENTION": "sdpa",
-            "SEEDQ_CACHE_DIR": "/models"}
+            "SEEDQ_CACHE_DIR": "/models", "SEEDQ_PREFILL_MIX": "0"}
     decoding = Settings.from_env(good).decoding
     assert decoding == DecodingOptions(
         prefix_cache_mb=64, round_token_budget=32, round_kv_mb=0.5, round_kv="dynamic",
         prefill_chunk=0, round_batcher=False, seed_threads=(1, 1), attention="sdpa",
-        cache_dir="/models")
+        cache_dir="/models", prefill_mix=False)
     assert (decoding.prefix_cache_bytes, decoding.round_kv_bytes) == (64 << 20, 1 << 19)
     assert decoding.model_cache_dir == Path("/models")
     defaults = Settings.from_env({"XDG_CACHE_HOME": "/cache"})

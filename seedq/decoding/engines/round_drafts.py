@@ -36,7 +36,7 @@ from seedq.decoding.drafters import candidates
 from seedq.decoding.engines.round_batch import Row
 from seedq.decoding.engines.round_slots import (
     BLOCK,
-    forward_feeds,
+    forward_last,
     grown,
     release_slots,
     shaped_like,
@@ -134,11 +134,12 @@ class DraftSlots:
 
     def _forward(self, feeds: list[list[int]], run: DraftRun) -> torch.Tensor:
         """One forward of every held row's feed (empty feeds are padding); each slot's
-        length moves past what it fed. Logits ``[rows, q, V]``."""
+        length moves past what it fed. Logits ``[rows, V]`` of each row's last fed token
+        (the only ones a chain draws from)."""
         began = time.perf_counter()
         q = max(len(feed) for feed in feeds)
         cache = self._reserve(len(self.rows), self._longest() + q)
-        logits = forward_feeds(self.model, cache, feeds)
+        logits = forward_last(self.model, cache, feeds)
         for slot, feed in enumerate(feeds):
             cache.commit(slot, len(feed))
         run.forwards += 1
@@ -154,7 +155,7 @@ class DraftSlots:
             tree = tree_at[slot]
             if tree is None or want[slot] <= depth:
                 continue
-            last = logits[slot, len(feeds[slot]) - 1]  # [V]
+            last = logits[slot]  # [V]: after its last fed token
             probs = warp_probs(last[None], row.state.params)[0]
             token, source = candidates(last, probs, 1, row.state, False)[0]
             tree.add(token, len(tree) - 1, source)

@@ -34,7 +34,7 @@ from transformers import DynamicCache
 from seedq.decoding.engines.round_batch import RoundGroup, Row
 from seedq.decoding.models import LanguageModel
 from seedq.decoding.packed import Chain, forward_packed
-from seedq.decoding.slot_cache import KV, SlotCache, kv_pairs
+from seedq.decoding.slot_cache import KV, SlotCache, Step, kv_pairs
 
 GROWTH = 1.5  # capacity grows to this x what the forward needs (within the rows' bound)
 BLOCK = 64  # capacity steps and attention widths round up to this (on an H100, a width of
@@ -243,12 +243,32 @@ def _span(row: Row) -> int | None:
 def forward_feeds(model: LanguageModel, cache: SlotCache, feeds: list[list[int]]
                   ) -> torch.Tensor:
     """Logits ``[rows, q, V]`` (float, CPU) of the first ``len(feeds)`` slots' feeds."""
-    counts = [len(feed) for feed in feeds]
-    q = max(counts)
-    ids = torch.tensor([feed + [0] * (q - len(feed)) for feed in feeds], dtype=torch.long)
-    step = cache.prepare(counts)
-    logits = model.forward(ids, cache, step.attention_mask, step.position_ids, keep=q)
+    ids, step = _prepared(cache, feeds)
+    logits = model.forward(ids, cache, step.attention_mask, step.position_ids,
+                           keep=ids.shape[1])
     return logits.float().cpu()
+
+
+def forward_last(model: LanguageModel, cache: SlotCache, feeds: list[list[int]]
+                 ) -> torch.Tensor:
+    """Logits ``[rows, V]`` (float, CPU) of each slot's LAST fed token only (a row feeding
+    nothing gets any row's; the caller ignores it): the LM head runs on the distinct last
+    columns of the right-padded feeds, not on every column (a draft catching up on 5
+    committed tokens needs 1 of the 5)."""
+    ids, step = _prepared(cache, feeds)
+    counts = [len(feed) for feed in feeds]
+    columns = sorted({max(count, 1) - 1 for count in counts})
+    keep = torch.tensor(columns, dtype=torch.long, device=model.device)
+    logits = model.forward(ids, cache, step.attention_mask, step.position_ids, keep=keep)
+    picked = torch.tensor([columns.index(max(count, 1) - 1) for count in counts])
+    return logits.float().cpu()[torch.arange(len(feeds)), picked]  # [rows, V]
+
+
+def _prepared(cache: SlotCache, feeds: list[list[int]]) -> tuple[torch.Tensor, Step]:
+    """The right-padded input ids ``[rows, q]`` and the cache's plan for them."""
+    q = max(len(feed) for feed in feeds)
+    ids = torch.tensor([feed + [0] * (q - len(feed)) for feed in feeds], dtype=torch.long)
+    return ids, cache.prepare([len(feed) for feed in feeds])
 
 
 def _like(cache: SlotCache, slots: int, capacity: int) -> SlotCache:
