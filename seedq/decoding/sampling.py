@@ -52,12 +52,20 @@ def _top_p_filter(scaled: torch.Tensor, top_p: float) -> torch.Tensor:
 
 
 def sample(probs: torch.Tensor, generator: torch.Generator | None) -> int:
-    """Draw one token id from probs [V]. A one-hot distribution returns its index without
-    consuming randomness, so greedy decoding never touches the generator."""
+    """Draw one token id from probs [V] (a distribution; scaled down weights work too) by
+    inverting its CDF with one uniform draw: the first token whose cumulative mass exceeds
+    ``u * total`` (a token of zero mass never is). A one-hot distribution returns its index
+    without consuming randomness, so greedy decoding never touches the generator.
+
+    ``torch.multinomial`` draws the same distribution but took 1.0 ms per call over
+    SmolLM2's 49152 tokens on this CPU (this: 0.06 ms); a round of 12 rows sampled 12-60
+    times per forward."""
     top = int(torch.argmax(probs))
     if float(probs[top]) >= 1.0:
         return top
-    return int(torch.multinomial(probs, 1, generator=generator))
+    cdf = torch.cumsum(probs.to(torch.float64), dim=0)  # [V]; float64: no drift over 49k
+    u = torch.rand((), dtype=torch.float64, generator=generator) * cdf[-1]
+    return int(torch.searchsorted(cdf, u, right=True).clamp(max=probs.shape[-1] - 1))
 
 
 def sample_without_replacement(

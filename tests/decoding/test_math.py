@@ -195,3 +195,27 @@ def test_drafter_candidates_and_verify_tree_preserve_target(replacement: bool) -
         first = tokens[verdict.accepted_nodes[0]] if verdict.accepted_nodes else verdict.next_token
         draws.append(first)
     assert _first_token_tv(draws, target_probs) < 0.02
+
+
+def test_sample_draws_the_given_distribution() -> None:
+    """Inverse-CDF sampling: frequencies follow the distribution (scaled weights too), a
+    token of zero mass is never drawn (nor one past the end), a one-hot draws no randomness,
+    and the same generator state gives the same tokens."""
+    from seedq.decoding.sampling import sample
+
+    generator = torch.Generator().manual_seed(0)
+    weights = torch.tensor([0.05, 0.0, 0.3, 0.0, 0.15])  # half a distribution
+    counts = torch.zeros(5)
+    for _ in range(40000):
+        counts[sample(weights, generator)] += 1
+    assert counts[1] == counts[3] == 0
+    assert float((counts / counts.sum() - weights * 2).abs().max()) < 0.01
+    tail = torch.tensor([0.5, 0.5, 0.0, 0.0])
+    assert all(sample(tail, generator) in (0, 1) for _ in range(2000))
+    state = generator.get_state()
+    assert sample(torch.tensor([0.0, 1.0, 0.0]), generator) == 1
+    assert torch.equal(generator.get_state(), state)  # untouched
+    again = torch.Generator().manual_seed(7)
+    first = [sample(weights, again) for _ in range(50)]
+    again.manual_seed(7)
+    assert [sample(weights, again) for _ in range(50)] == first
