@@ -88,7 +88,7 @@ class WorkerLiveness(RQOutcomes):
     def beat(self) -> set[str]:
         """Heartbeat thread: database first (it decides ownership), then RQ."""
         with self._lock:
-            runs = list(self.running.values())
+            runs = [r for r in self.running.values() if not r.finishing]
         lost = repo.heartbeat(self.db, [r.job_id for r in runs], self.name)
         ttl = self.settings.heartbeat_ttl
         with self.connection.pipeline() as pipe:
@@ -112,12 +112,13 @@ class WorkerLiveness(RQOutcomes):
     def _cancel_lost(self, job_ids: set[str]) -> None:
         for job_id in job_ids:
             run = self.running.get(job_id)
-            if run is not None and run.task is not None and run.stop_reason is None:
-                log.warning(
-                    "worker %s: job %s was cancelled or taken over; stopping it", self.name, job_id
-                )
-                run.stop_reason = "lost"
-                run.task.cancel()
+            if run is None or run.task is None or run.stop_reason is not None or run.finishing:
+                continue  # gone, or its outcome is being written (which is why it looks lost)
+            log.warning(
+                "worker %s: job %s was cancelled or taken over; stopping it", self.name, job_id
+            )
+            run.stop_reason = "lost"
+            run.task.cancel()
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self._stop_requested:

@@ -44,6 +44,10 @@ class Running:
     started: float
     task: Any = None  # asyncio.Task[None], set right after creation
     stop_reason: str | None = None  # "shutdown" | "lost"
+    # Its outcome is being recorded: no longer cancelled as lost (the outcome write itself
+    # takes the job out of RUNNING, which the next heartbeat would report as lost) nor as
+    # a shutdown (the write finishes, it is quick).
+    finishing: bool = False
     usage: JobUsage = field(default_factory=JobUsage)
 
     @property

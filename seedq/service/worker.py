@@ -264,8 +264,10 @@ class TreeWorker(WorkerLiveness):
         except Exception as exc:
             error = exc
             status = error_status(exc, run.claim.budget_used, self.settings.max_attempts)
+            run.finishing = True
             await finish.errored(self, run, exc)
         else:
+            run.finishing = True
             if await finish.succeeded(self, run, result):
                 self.completed += 1
                 status = "completed"
@@ -323,7 +325,8 @@ class TreeWorker(WorkerLiveness):
             "worker %s: waiting up to %.0fs for %d running tree(s)", self.name, grace, len(tasks)
         )
         _, pending = await asyncio.wait(tasks, timeout=grace)
-        stopping = [r for r in list(self.running.values()) if r.task in pending]
+        stopping = [r for r in list(self.running.values())
+                    if r.task in pending and not r.finishing]  # those let their write end
         for run in stopping:
             run.stop_reason = "shutdown"
             run.task.cancel()

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 import redis
 from click.testing import CliRunner
 from rq.job import Job as RQJob
@@ -17,7 +20,7 @@ from seedq.service import control
 from seedq.service.context import Services
 from seedq.service.submit import submit_file
 from seedq.service.worker import TreeWorker
-from seedq.store import reports
+from seedq.store import repo, reports
 from tests.service.helpers import (
     SMALL,
     gsm8k_lines,
@@ -173,6 +176,32 @@ def test_cancel_a_running_batch(services: Services, tmp_path: Path) -> None:
     canceled = services.queue().canceled_job_registry.get_job_ids()
     assert len(canceled) == 2  # the 2 stopped while running
     assert services.redis.llen(services.queue().key) == 0  # the 4 queued left Redis at cancel
+
+
+def test_a_heartbeat_during_the_completion_write_loses_nothing(
+    services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writing a job's completion takes it out of RUNNING; a heartbeat landing between that
+    write and the worker's next step saw the job as no longer owned, cancelled the finished
+    tree as lost and never told RQ (a CI failure: 4 of 5 completed)."""
+    batch = submit(services, tmp_path, 3)
+    worker = TreeWorker(services, lambda: CannedGenerator(0.005), install_signals=False)
+    real_complete = repo.complete_job
+
+    def complete_then_beat(*args: Any, **kwargs: Any) -> bool:
+        owned = real_complete(*args, **kwargs)
+        worker.on_lost(worker.beat())  # what the heartbeat thread does, right now
+        time.sleep(0.05)  # the event loop runs the cancel before this write returns
+        return owned
+
+    monkeypatch.setattr(repo, "complete_job", complete_then_beat)
+    worker.work(burst=True)
+    assert worker.completed == 3
+    assert reports.summarize(services.db, [batch])[0].counts == {"completed": 3}
+    for i in range(1, 4):
+        job = RQJob.fetch(q.job_id_for(batch, i), connection=services.redis,
+                          serializer=q.SERIALIZER)
+        assert job.get_status() == "finished"
 
 
 def test_rerun_of_a_finished_tree_writes_no_duplicates(services: Services, tmp_path: Path) -> None:
