@@ -92,7 +92,7 @@ VARIANTS = {"batch-group": Variant("batch", round_batcher=False),
             "seed-ngram": Variant("seed", "ngram"),
             "seed-int8": Variant("seed", "smollm2-int8"),
             "seed-bf16": Variant("seed", "smollm2-bf16"),
-            **{f"seed-bf16-g{g}": Variant("seed", "smollm2-bf16", gamma=g) for g in (2, 3)},
+            **{f"seed-bf16-g{g}": Variant("seed", "smollm2-bf16", gamma=g) for g in (2, 3, 5, 6, 8)},
             **{f"{engine}-nomix": Variant(engine, prefill_mix=False)
                for engine in ("batch", "auto", "seed")}}
 
