@@ -92,7 +92,8 @@ VARIANTS = {"batch-group": Variant("batch", round_batcher=False),
             "seed-ngram": Variant("seed", "ngram"),
             "seed-int8": Variant("seed", "smollm2-int8"),
             "seed-bf16": Variant("seed", "smollm2-bf16"),
-            **{f"seed-bf16-g{g}": Variant("seed", "smollm2-bf16", gamma=g) for g in (2, 3, 5, 6, 8)},
+            **{f"seed-bf16-g{g}": Variant("seed", "smollm2-bf16", gamma=g)
+               for g in (2, 3, 5, 6, 8)},
             **{f"{engine}-nomix": Variant(engine, prefill_mix=False)
                for engine in ("batch", "auto", "seed")}}
 
@@ -148,7 +149,7 @@ def round_counters(generator: LocalGenerator) -> dict[str, int]:
     """The round batcher's running counters (forwards, rows, tokens, drafted, accepted)."""
     stats = generator.rounds.stats if generator.rounds is not None else None
     names = ("forwards", "rows", "tokens", "drafted", "accepted", "mixed_prefills",
-             "mixed_prefill_tokens")
+             "mixed_prefill_tokens", "mixed_draft_prefills")
     return {name: int(getattr(stats, name)) if stats is not None else 0 for name in names}
 
 

@@ -199,17 +199,18 @@ def folded_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
 
 
 def forward_packed(model: Any, chains: Sequence[Chain], slots: SlotCache | None,
-                   row_feeds: Sequence[Sequence[int]]) -> tuple[list[torch.Tensor],
-                                                                list[torch.Tensor]]:
+                   row_feeds: Sequence[Sequence[int]], rows_last: bool = False
+                   ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """One packed forward (``model``: a :class:`~seedq.decoding.models.LanguageModel` whose
     attention is :func:`seedq.decoding.attention.packed_sdpa`): ``chains``, then slot rows
     ``0..len(row_feeds)-1`` feeding ``row_feeds[b]``. Returns per chain its last ``need``
-    logits ``[need, V]`` and per row ``[len(feed), V]`` (float, CPU). Rows commit nothing
+    logits ``[need, V]`` and per row ``[len(feed), V]`` (``rows_last``: ``[1, V]``, its last
+    fed token's: the LM head skips the others, as a draft needs) (float, CPU). Rows commit nothing
     (the caller commits); a failed forward crops every chain back to where it was."""
     plan, position_ids = plan_packed(chains, slots, [len(feed) for feed in row_feeds])
     ids = [token for chain in chains for token in chain.tokens]
     ids += [token for feed in row_feeds for token in feed]
-    keep = _kept(plan)
+    keep = _kept(plan, rows_last)
     device = model.device
     dummy = torch.ones((1, 1, len(ids), 1), dtype=torch.bool, device=device)  # unused
     try:
@@ -222,17 +223,23 @@ def forward_packed(model: Any, chains: Sequence[Chain], slots: SlotCache | None,
         raise
     model.forwards += 1
     logits = out.logits[0, :, : model.vocab_size].float().cpu()  # [kept, V]
-    pieces = list(torch.split(logits, [c.need for c in chains] + list(plan.counts)))
+    per_row = [1] * len(plan.counts) if rows_last else list(plan.counts)
+    pieces = list(torch.split(logits, [c.need for c in chains] + per_row))
     return pieces[: len(chains)], pieces[len(chains):]
 
 
-def _kept(plan: PackedPlan) -> torch.Tensor:
-    """Packed indices whose logits are returned: each chain's last ``need``, every row's."""
+def _kept(plan: PackedPlan, rows_last: bool = False) -> torch.Tensor:
+    """Packed indices whose logits are returned: each chain's last ``need``, every row's
+    (``rows_last``: each row's last)."""
     kept: list[int] = []
     offset = 0
     for chain in plan.chains:
         c = len(chain.tokens)
         kept.extend(range(offset + c - min(chain.need, c), offset + c))
         offset += c
-    kept.extend(range(offset, offset + plan.row_tokens))
+    if rows_last:
+        ends = torch.tensor(plan.counts, dtype=torch.long).cumsum(0) - 1
+        kept.extend((offset + ends).tolist())
+    else:
+        kept.extend(range(offset, offset + plan.row_tokens))
     return torch.tensor(kept, dtype=torch.long)

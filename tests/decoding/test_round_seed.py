@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -18,12 +19,13 @@ from seedq.decoding.config import EngineConfig
 from seedq.decoding.engines.round_batch import AUTO, BATCH, SEED
 from seedq.decoding.engines.seed import SeedScheduler
 from seedq.decoding.factory import LocalGenerator, generator_from_models, round_mode
-from seedq.decoding.loading import LoadedModel
+from seedq.decoding.loading import LoadedModel, wrap
 from seedq.decoding.options import DecodingOptions
+from seedq.decoding.tiny import tiny_model
 from seedq.decoding.types import GroupRequest, SamplingParams
 from tests.decoding.conftest import PROMPTS, make
 from tests.decoding.hooks import WAIT, tokens
-from tests.decoding.test_auto import staggered_like_ar
+from tests.decoding.test_auto import staggered_like_ar, submit_staggered
 from tests.decoding.test_rounds import ar_tokens
 
 
@@ -57,6 +59,60 @@ def test_seed_groups_join_and_leave_mid_round_and_give_what_ar_gives(
         if result.engine == "batch":
             assert all(s.metrics.drafted_tokens == 0 for s in result.sequences)
     assert seed.rounds.open_groups == 0  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_a_joining_groups_draft_prefill_rides_in_the_draft_forward(
+    fail: bool, target: LoadedModel, tokenizer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A seed group with a long prompt joins while seed rows draft: every chunk of its draft
+    model's prefill rides in the rows' first draft forward (packed), as the target's chunks
+    ride in the verify forward, and the output is ``ar``'s. ``fail``: every draft forward
+    that carries a chunk fails in its second layer (after the chain's first keys were
+    appended); the chunk is cropped back and fed alone, the output is still ``ar``'s."""
+    from seedq.decoding import attention
+    from seedq.decoding.engines import round_drafts
+
+    in_draft, failures = [False], [0]
+    real_attention, real_packed = attention.packed_attention, round_drafts.forward_packed
+
+    def failing(plan: Any, layer_idx: int, *args: Any) -> Any:
+        if fail and in_draft[0] and plan.chains and layer_idx == 1:
+            failures[0] += 1
+            raise RuntimeError("planted failure")
+        return real_attention(plan, layer_idx, *args)
+
+    def draft_packed(*args: Any, **kwargs: Any) -> Any:
+        in_draft[0] = True
+        try:
+            return real_packed(*args, **kwargs)
+        finally:
+            in_draft[0] = False
+
+    monkeypatch.setattr(attention, "packed_attention", failing)
+    monkeypatch.setattr(round_drafts, "forward_packed", draft_packed)
+    # a copy of the target as the draft: every draft token is accepted iff the draft's KV
+    # (the chunks fed packed) and its logits (each row's last) are right
+    copy = wrap(tiny_model(0), tokenizer, "tiny-copy")
+    seed = make(EngineConfig(engine="seed", target="tiny", draft="tiny-draft", gamma=1),
+                target, copy, DecodingOptions(prefill_chunk=3, prefix_cache_mb=0))
+    long_prompt = " ".join(PROMPTS)
+    jobs = [(seed, GroupRequest(PROMPTS[:2], SamplingParams(max_new_tokens=200))),
+            (seed, GroupRequest((long_prompt,) * 2, SamplingParams(max_new_tokens=12)))]
+    try:
+        expected = [ar_tokens(target, r) for _, r in jobs]
+        results = [f.result(timeout=WAIT) for f in submit_staggered(monkeypatch, jobs)]
+        assert [tokens(r) for r in results] == expected
+        stats = seed.rounds.stats  # type: ignore[union-attr]
+        pieces = len(target.tokenizer.encode(long_prompt)) // 3
+        if fail:
+            assert stats.mixed_draft_prefills == 0 and stats.failed_mixes == failures[0] > 0
+        else:
+            assert stats.mixed_draft_prefills >= pieces - 2 and stats.failed_mixes == 0
+        assert stats.mixed_prefills - stats.mixed_draft_prefills >= pieces - 2  # the target's
+        assert stats.drafted > 0 and stats.accepted == stats.drafted
+    finally:
+        seed.close()
 
 
 def test_seed_rows_draft_at_every_step(target: LoadedModel) -> None:

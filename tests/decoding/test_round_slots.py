@@ -285,3 +285,38 @@ def test_forward_last_gives_each_rows_last_fed_logits(target: LoadedModel) -> No
         torch.testing.assert_close(last[row], full[row, len(feed) - 1], atol=ATOL, rtol=0)
         torch.testing.assert_close(last[row], plain(model, history + feed, 1)[0], atol=ATOL,
                                    rtol=0)
+
+
+@pytest.mark.parametrize("limited", [False, True])
+def test_a_join_short_of_slots_reallocates_with_room_for_the_next(
+        model: LanguageModel, limited: bool) -> None:
+    """Every reallocation copies the live rows' KV: a join that finds too few slots makes
+    1.5 x the rows it needs, so the next join lands in a free slot without a copy; with a
+    KV limit, no free slot past it."""
+    g: Any = object()
+
+    def row(i: int) -> tuple[Row, DynamicCache]:
+        return Row(state(i, 20), g, 1, 6), prefilled(model, tokens(6, i))
+
+    first = SlotRoundBatch(block=8)
+    first.join(*map(list, zip(row(0), strict=True)))
+    cache = first.cache
+    assert cache is not None and cache.slots == 1
+    one_slot = cache.bytes  # 1 slot x its capacity
+    batch = SlotRoundBatch(block=8, kv_limit=2 * one_slot if limited else 0)
+    batch.join(*map(list, zip(row(0), strict=True)))
+    batch.join(*map(list, zip(row(1), strict=True)))  # short: reallocated
+    cache = batch.cache
+    assert cache is not None and cache.slots == (2 if limited else 3)
+    assert cache.bytes <= (2 * one_slot if limited else 3 * one_slot)
+    keys = cache.slot_layers[0].keys
+    batch.join(*map(list, zip(row(2), strict=True)))
+    if not limited:  # into the free slot: the same tensors, nothing copied
+        assert cache.slot_layers[0].keys is keys and cache.slots == 3
+    else:  # no room within the limit was kept: this join reallocates (to 3, over it: the
+        # KV budget's admission, not the storage, decides whether rows may join)
+        assert cache.slots == 3
+    logits = batch.forward(model)
+    for i, r in enumerate(batch.rows):
+        expected = plain(model, [*tokens(6, r.state.index), r.token], 1)[0]  # its pending
+        torch.testing.assert_close(logits[i][0], expected, rtol=1e-4, atol=1e-4)

@@ -8,9 +8,11 @@ cache; what is left is encoded in chunks of ``SEEDQ_PREFILL_CHUNK`` tokens. With
 every target chunk, and then each sequence's last prompt token(s), rides in the live rows'
 next decode/verify forward as a packed chain (:mod:`seedq.decoding.packed`): the rows take
 their step in the same forward instead of waiting, and the prefill costs little more than
-the rows' forward alone (memory-bound: it streams the weights once). Otherwise, or when
-nothing is live, or when such a forward fails (the chains are cropped back), the chunk is
-fed alone and the live rows take a step between two chunks.
+the rows' forward alone (memory-bound: it streams the weights once). A draft model's
+chunks ride the same way in that model's first draft forward of the next step (when some
+live row drafts with it). Otherwise, or when nothing is live, or when such a forward fails
+(the chains are cropped back), the chunk is fed alone and the live rows take a step
+between two chunks.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,7 +31,7 @@ from seedq.decoding import attention, kvcache
 from seedq.decoding.batching import RowInput, forward_rows
 from seedq.decoding.engines.base import Chunks, Runtime, prepare_group, store_prompts
 from seedq.decoding.engines.batch import commit_token
-from seedq.decoding.engines.round_batch import RoundGroup, RoundStorage, Row
+from seedq.decoding.engines.round_batch import Riders, RoundGroup, RoundStorage, Row
 from seedq.decoding.engines.round_budget import KvBudget, cache_bytes
 from seedq.decoding.engines.round_records import RoundLog, RoundStats
 from seedq.decoding.engines.round_speculation import RoundSpeculation
@@ -41,19 +42,6 @@ from seedq.decoding.types import DecodingError
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class Riders:
-    """Prefill pieces of a joining group fed in the next forward of the round's rows
-    (packed: :func:`seedq.decoding.packed.forward_packed`)."""
-
-    chains: list[Chain]
-    logits: list[torch.Tensor] | None = None  # per chain its last ``need`` logits, once fed
-    seconds: float = 0.0  # their share of that forward's time (by tokens)
-
-    @property
-    def tokens(self) -> int:
-        return sum(len(chain.tokens) for chain in self.chains)
 
 class RoundAdmission:
     """Admission and prefill for :class:`~seedq.decoding.engines.rounds.RoundBatcher` (which
@@ -165,17 +153,23 @@ class RoundAdmission:
             nested[0] += time.perf_counter() - began
 
     # -- prefill in the rows' forwards --------------------------------------------------
-    def _mixable(self) -> bool:
-        """Whether a joining group's prefill can ride in the live rows' next forward."""
-        return bool(self.runtime.options.prefill_mix and self._batch.rows
-                    and self._batch.can_mix and attention.installed(self.runtime.target.model))
+    def _mixable(self, model: LanguageModel | None = None) -> bool:
+        """Whether a joining group's prefill for the target (``model`` None) or a draft
+        model can ride in the live rows' next forward (a draft model's: in its first draft
+        forward, so some live row must draft with it)."""
+        if not (self.runtime.options.prefill_mix and self._batch.rows and self._batch.can_mix):
+            return False
+        if model is None:
+            return attention.installed(self.runtime.target.model)
+        return attention.installed(model.model) and self.speculation.drafts_with(model)
 
     def _mix_chunk(self, nested: list[float], model: LanguageModel, tokens: list[int],
                    cache: DynamicCache) -> bool:
-        """A chunk of a joining group's target prefill, fed in the live rows' next forward
-        (``Chunks.mixed``); False: fed the plain way (a draft model's, or nothing live)."""
-        return model is self.runtime.target and self._ride([Chain(tokens, cache)], nested) \
-            is not None
+        """A chunk of a joining group's prefill, fed in the live rows' next forward
+        (``Chunks.mixed``): the target's in the verify forward, a draft model's in its
+        first draft forward. False: fed the plain way (nothing live, or it did not ride)."""
+        rider = None if model is self.runtime.target else model
+        return self._ride(Riders([Chain(tokens, cache)], rider), nested) is not None
 
     def _first_logits(self, inputs: list[RowInput], nested: list[float]) -> list[torch.Tensor]:
         """Each joining sequence's logits for its first token: its pending prompt tokens ride
@@ -184,19 +178,19 @@ class RoundAdmission:
         if len(caches) == len(inputs) and all(
                 row.tokens and kvcache.cache_length(row.cache.cache) == row.cache.length
                 for row in inputs):
-            ridden = self._ride([Chain(row.tokens, row.cache.cache, need=1) for row in inputs],
-                                nested)
+            ridden = self._ride(Riders([Chain(row.tokens, row.cache.cache, need=1)
+                                        for row in inputs]), nested)
             if ridden is not None:
                 return ridden
         return forward_rows(self.runtime.target, inputs)
 
-    def _ride(self, chains: list[Chain], nested: list[float]) -> list[torch.Tensor] | None:
-        """One step of the live rows that also feeds ``chains`` (the admission holds the
+    def _ride(self, riders: Riders, nested: list[float]) -> list[torch.Tensor] | None:
+        """One step of the live rows that also feeds ``riders`` (the admission holds the
         target lock; the step takes it itself). None when they were not fed (nothing to
-        mix with, or the mixed forward failed): the caller feeds them alone."""
-        if not self._mixable():
+        mix with, the step drafted nothing with their model, or the mixed forward failed):
+        the caller feeds them alone."""
+        if not self._mixable(riders.model):
             return None
-        riders = Riders(chains)
         began = time.perf_counter()
         self.target_lock.release()
         try:
@@ -204,7 +198,10 @@ class RoundAdmission:
         finally:
             self.target_lock.acquire()
             nested[0] += time.perf_counter() - began - riders.seconds
+        self.stats.failed_mixes += riders.failed and riders.model is not None  # (the
+        # target's failures are counted where they happen, with the rows' fallback)
         if riders.logits is not None:
             self.stats.mixed_prefills += 1
             self.stats.mixed_prefill_tokens += riders.tokens
+            self.stats.mixed_draft_prefills += riders.model is not None
         return riders.logits

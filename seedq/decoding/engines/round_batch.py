@@ -78,6 +78,28 @@ class Row:
     ngram: NgramIndex | None = None  # its prompt-lookup index (``auto`` with lookup)
 
 
+@dataclass
+class Riders:
+    """Prefill pieces of a joining group fed in the next forward of the round's rows
+    (packed: :func:`seedq.decoding.packed.forward_packed`): the target's, in the verify
+    forward (``model`` None), or a draft model's, in that model's first draft forward."""
+
+    chains: list[Chain]
+    model: LanguageModel | None = None  # None: the target's prefill; else this draft model's
+    logits: list[torch.Tensor] | None = None  # per chain its last ``need`` logits, once fed
+    seconds: float = 0.0  # their share of that forward's time (by tokens)
+    failed: bool = False  # a forward that carried them failed (they were cropped back)
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(chain.tokens) for chain in self.chains)
+
+    def share(self, elapsed: float, row_tokens: int) -> float:
+        """Their part of a forward of ``elapsed`` seconds that also fed ``row_tokens``."""
+        self.seconds = elapsed * self.tokens / (self.tokens + row_tokens)
+        return self.seconds
+
+
 class RoundStorage(Protocol):
     """What the round batcher uses of its rows' storage: :class:`RoundBatch` (one left-padded
     ``DynamicCache``) or :class:`~seedq.decoding.engines.round_slots.SlotRoundBatch` (a
@@ -116,18 +138,18 @@ class RoundStorage(Protocol):
     def compact(self) -> bool: ...
 
 
-def new_round_batch(kind: str = "slots") -> RoundStorage:
+def new_round_batch(kind: str = "slots", kv_limit: int = 0) -> RoundStorage:
     """The round's storage, by ``kind`` (``DecodingOptions.round_kv``, ``SEEDQ_ROUND_KV``):
     ``slots`` (the default; a preallocated slot KV cache written in place, no per-forward
-    copy of the KV) or ``dynamic`` (one left-padded ``DynamicCache``, concatenated on every
-    forward)."""
+    copy of the KV; ``kv_limit``: the KV budget in bytes its free slots stay within) or
+    ``dynamic`` (one left-padded ``DynamicCache``, concatenated on every forward)."""
     if kind == "dynamic":
         return RoundBatch()
     if kind != "slots":
         raise ValueError(f"round KV {kind!r}: expected one of {', '.join(ROUND_KV_KINDS)}")
     from seedq.decoding.engines.round_slots import SlotRoundBatch  # it imports this module
 
-    return SlotRoundBatch()
+    return SlotRoundBatch(kv_limit=kv_limit)
 
 
 def _layers(cache: DynamicCache) -> list:  # type: ignore[type-arg]

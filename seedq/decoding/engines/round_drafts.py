@@ -25,6 +25,8 @@ into the exact verification, so drafting here changes speed, never the output.""
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -33,18 +35,22 @@ import torch
 
 from seedq.decoding import kvcache
 from seedq.decoding.drafters import candidates
-from seedq.decoding.engines.round_batch import Row
+from seedq.decoding.engines.round_batch import Riders, Row
 from seedq.decoding.engines.round_slots import (
     BLOCK,
+    GROWTH,
     forward_last,
     grown,
     release_slots,
     shaped_like,
 )
 from seedq.decoding.models import LanguageModel
+from seedq.decoding.packed import forward_packed
 from seedq.decoding.sampling import warp_probs
 from seedq.decoding.slot_cache import SlotCache, kv_pairs
 from seedq.decoding.tree import DraftTree
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,6 +61,7 @@ class DraftRun:
     forwards: int = 0
     computed: int = 0
     seconds: float = 0.0
+    mixed: bool = False  # its first forward also fed a joining group's draft prefill
 
 
 @dataclass(eq=False)
@@ -100,9 +107,11 @@ class DraftSlots:
             self.rows.append(row)
 
     # -- drafting -----------------------------------------------------------------------
-    def draft(self, picks: list[tuple[Row, int]]) -> tuple[list[DraftTree], DraftRun]:
+    def draft(self, picks: list[tuple[Row, int]], riders: Riders | None = None
+              ) -> tuple[list[DraftTree], DraftRun]:
         """A chain of ``n`` tokens for each picked ``(row, n)`` (every row must be held);
-        the other held rows catch up on their pending tokens at depth 0."""
+        the other held rows catch up on their pending tokens at depth 0, and ``riders``
+        (a joining group's prefill chunk for this model) are packed into that forward."""
         run = DraftRun()
         trees = [DraftTree() for _ in picks]
         if not picks:
@@ -121,7 +130,7 @@ class DraftSlots:
         width = max(len(pending[s]) for s in range(len(self.rows)) if want[s])
         feeds = [p if want[s] else p[:width] for s, p in enumerate(pending)]
         for depth in range(max(want)):
-            logits = self._forward(feeds, run)
+            logits = self._forward(feeds, run, riders if depth == 0 else None)
             if depth == 0:
                 for slot, row in enumerate(self.rows):  # caught up: committed entries
                     row.state.draft.length += len(feeds[slot])  # type: ignore[union-attr]
@@ -132,20 +141,45 @@ class DraftSlots:
             row.state.metrics.draft_seconds += run.seconds / len(picks)
         return trees, run
 
-    def _forward(self, feeds: list[list[int]], run: DraftRun) -> torch.Tensor:
+    def _forward(self, feeds: list[list[int]], run: DraftRun, riders: Riders | None = None
+                 ) -> torch.Tensor:
         """One forward of every held row's feed (empty feeds are padding); each slot's
         length moves past what it fed. Logits ``[rows, V]`` of each row's last fed token
-        (the only ones a chain draws from)."""
+        (the only ones a chain draws from). ``riders`` ride in it when every row feeds a
+        token (packed; a failed packed forward crops them back and the rows go alone)."""
         began = time.perf_counter()
         q = max(len(feed) for feed in feeds)
         cache = self._reserve(len(self.rows), self._longest() + q)
-        logits = forward_last(self.model, cache, feeds)
+        logits = self._packed(cache, feeds, riders) if riders is not None else None
+        if logits is None:
+            logits = forward_last(self.model, cache, feeds)
         for slot, feed in enumerate(feeds):
             cache.commit(slot, len(feed))
+        elapsed = time.perf_counter() - began
+        if riders is not None and riders.logits is not None:
+            elapsed -= riders.share(elapsed, sum(len(feed) for feed in feeds))
+            run.mixed = True
         run.forwards += 1
         run.computed += len(feeds) * q
-        run.seconds += time.perf_counter() - began
+        run.seconds += elapsed
         return logits
+
+    def _packed(self, cache: SlotCache, feeds: list[list[int]], riders: Riders
+                ) -> torch.Tensor | None:
+        """The rows' last-token logits ``[rows, V]`` of a packed forward that also feeds
+        ``riders`` (their logits set); None when it cannot or did not run."""
+        if not all(feeds):
+            return None
+        try:
+            chain_logits, rows = forward_packed(self.model, riders.chains, cache, feeds,
+                                                rows_last=True)
+        except Exception as exc:  # the chains were cropped back: fed apart later
+            riders.failed = True
+            log.warning("draft slots: a draft forward with a prefill failed (%s); the rows "
+                        "and the prefill run apart", exc)
+            return None
+        riders.logits = chain_logits
+        return torch.cat(rows)  # [rows, V]
 
     def _grow(self, logits: torch.Tensor, feeds: list[list[int]], want: list[int],
               tree_at: list[DraftTree | None], depth: int) -> list[list[int]]:
@@ -191,13 +225,15 @@ class DraftSlots:
 
     def _reserve(self, slots: int, need: int, template: Row | None = None) -> SlotCache:
         """Room for ``slots`` rows of ``need`` positions (one reallocation when short:
-        positions to :func:`~seedq.decoding.engines.round_slots.grown`)."""
+        positions to :func:`~seedq.decoding.engines.round_slots.grown`, slots to ``GROWTH``
+        x ``slots``, so that the next joins need no copy)."""
         cache = self.cache
         if cache is not None and slots <= cache.slots and need <= cache.capacity:
             return cache
         capacity = grown(need, self.block)
         if cache is not None:
-            cache.resize(max(capacity, cache.capacity), max(slots, cache.active))
+            room = math.ceil(slots * GROWTH) if slots > cache.slots else cache.slots
+            cache.resize(max(capacity, cache.capacity), max(room, cache.active))
             return cache
         assert template is not None and template.state.draft is not None
         pairs = kv_pairs(template.state.draft.cache)

@@ -95,5 +95,6 @@ class RoundStats(KvStats):
     steps_between_chunks: int = 0  # decode steps run between two chunks of a prefill
     mixed_prefills: int = 0  # forwards of the rows that also fed a joining group's prefill
     mixed_prefill_tokens: int = 0  # prefill tokens fed in those forwards
+    mixed_draft_prefills: int = 0  # of those, a draft model's prefill in its draft forward
     failed_mixes: int = 0  # such forwards that failed (rows and prefill then ran apart)
     longest_stall: float = 0.0  # seconds live rows waited between two of their forwards

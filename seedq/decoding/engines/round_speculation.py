@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from seedq.decoding.drafters import ModelDrafter, NgramDrafter, NgramIndex
-from seedq.decoding.engines.round_batch import Row
+from seedq.decoding.engines.round_batch import Riders, Row
 from seedq.decoding.engines.round_drafts import DraftSlots
 from seedq.decoding.engines.round_plan import (
     Acceptance,
@@ -88,8 +88,15 @@ class RoundSpeculation:
             self.cost.observe(tokens, seconds)
 
     # -- planning and drafting -----------------------------------------------------------
-    def plan(self, rows: list[Row]) -> list[Planned]:
-        """Each row's draft for the next forward."""
+    def drafts_with(self, model: LanguageModel) -> bool:
+        """Whether some live row drafts with ``model`` (its slots hold rows)."""
+        slots = self.draft_slots.get(id(model))
+        return slots is not None and bool(slots.rows)
+
+    def plan(self, rows: list[Row], riders: Riders | None = None) -> list[Planned]:
+        """Each row's draft for the next forward; a draft model's ``riders`` (prefill
+        chunks of a joining group) are fed in that model's first draft forward, if it
+        drafts this step (else ``riders.logits`` stays None)."""
         plans = [Planned() for _ in rows]
         self._hold(rows)
         if not any(row.group.speculate for row in rows):
@@ -108,7 +115,7 @@ class RoundSpeculation:
                 plans[i] = self._lookup_plan(row, lookup[:length])
             elif length:
                 model_rows.append((i, length))
-        self._draft_model_rows(rows, plans, model_rows)
+        self._draft_model_rows(rows, plans, model_rows, riders)
         return plans
 
     def _lengths(self, rows: list[Row], alphas: list[float | None], caps: list[int]
@@ -189,8 +196,9 @@ class RoundSpeculation:
         self.draft_slots.clear()
 
     def _draft_model_rows(self, rows: list[Row], plans: list[Planned],
-                          chosen: list[tuple[int, int]]) -> None:
-        """One in-place batched draft per draft model over the rows it holds."""
+                          chosen: list[tuple[int, int]], riders: Riders | None = None) -> None:
+        """One in-place batched draft per draft model over the rows it holds (``riders``
+        in the first forward of theirs)."""
         by_model: dict[int, list[tuple[int, int]]] = {}
         for i, length in chosen:
             drafter = rows[i].group.runtime.drafter
@@ -198,9 +206,10 @@ class RoundSpeculation:
             by_model.setdefault(id(drafter.model), []).append((i, length))
         for key, picks in by_model.items():
             slots = self.draft_slots[key]
-            trees, run = slots.draft([(rows[i], n) for i, n in picks])
+            mine = riders if riders is not None and id(riders.model) == key else None
+            trees, run = slots.draft([(rows[i], n) for i, n in picks], mine)
             fit = self.draft_fits.get(key)
-            if fit is not None and run.forwards:
+            if fit is not None and run.forwards and not run.mixed:  # rows alone
                 fit.observe(run.computed // run.forwards, run.seconds / run.forwards)
                 width = run.computed / (run.forwards * len(slots.rows))
                 self.draft_width[key] = 0.8 * self.draft_width.get(key, width) + 0.2 * width

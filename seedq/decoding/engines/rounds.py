@@ -46,9 +46,10 @@ import torch
 from seedq.decoding.engines import lanes
 from seedq.decoding.engines.base import MemoryMeter, Runtime
 from seedq.decoding.engines.batch import commit_token
-from seedq.decoding.engines.round_admission import Riders, RoundAdmission
+from seedq.decoding.engines.round_admission import RoundAdmission
 from seedq.decoding.engines.round_batch import (
     BATCH,
+    Riders,
     RoundGroup,
     RoundMode,
     RoundStorage,
@@ -83,7 +84,7 @@ class RoundBatcher(RoundAdmission):
         self.busy_seconds = 0.0
         self._inbox: queue.Queue[object] = queue.Queue()
         self._waiting: deque[RoundGroup] = deque()
-        self._batch: RoundStorage = new_round_batch(self.runtime.options.round_kv)
+        self._batch: RoundStorage = self._new_storage()
         self._open: set[RoundGroup] = set()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -119,6 +120,9 @@ class RoundBatcher(RoundAdmission):
             began = time.perf_counter()
             self.speculation.calibrate(runtime.drafter, runtime.config.gamma)
             log.info("auto: cost model measured in %.1fs", time.perf_counter() - began)
+
+    def _new_storage(self) -> RoundStorage:
+        return new_round_batch(self.runtime.options.round_kv, self.kv.limit)
 
     def run(self, request: GroupRequest, runtime: Runtime | None = None,
             mode: RoundMode = BATCH) -> GroupResult:
@@ -160,7 +164,7 @@ class RoundBatcher(RoundAdmission):
                     self._guarded(self._batch.groups(), self._step)
                 if not self._batch.rows and not self._waiting:
                     self.records.idle()  # the round is over: its peaks are kept and logged
-        self._batch = new_round_batch(self.runtime.options.round_kv)
+        self._batch = self._new_storage()
         self._waiting.clear()
 
     def _take_arrivals(self) -> bool:
@@ -189,7 +193,7 @@ class RoundBatcher(RoundAdmission):
                       exc_info=exc)
             for group in groups:
                 reject(group.future, exc)
-            self._batch = new_round_batch(self.runtime.options.round_kv)
+            self._batch = self._new_storage()
             self.speculation.release()
 
     # -- decoding -----------------------------------------------------------------------
@@ -200,25 +204,25 @@ class RoundBatcher(RoundAdmission):
         if not self._batch.rows:
             return
         groups = self._batch.groups()
-        plans = self._plan()
+        plans = self._plan(riders)  # a draft model's riders ride in its first draft forward
         feeds = self._batch.feeds([p.tree.tokens if p.tree else [] for p in plans])
         tokens = sum(len(feed) for feed in feeds)
+        mixed = riders if riders is not None and riders.model is None else None
         with self.target_lock:
             began = time.perf_counter()
             if self._last_forward is not None:
                 self.stats.longest_stall = max(self.stats.longest_stall,
                                                began - self._last_forward)
             try:
-                logits = self._forward(groups, feeds, riders)
+                logits = self._forward(groups, feeds, mixed)
             finally:
                 self._last_forward = time.perf_counter()
                 elapsed = self._last_forward - began
-                if riders is not None and riders.logits is not None:  # their share: theirs
-                    riders.seconds = elapsed * riders.tokens / (riders.tokens + tokens)
-                    elapsed -= riders.seconds
+                if mixed is not None and mixed.logits is not None:  # their share: theirs
+                    elapsed -= mixed.share(elapsed, tokens)
                 self.busy_seconds += elapsed
         width = max(len(feed) for feed in feeds)  # the short feeds are padded to it
-        if riders is None or riders.logits is None:  # the cost curve is of rows alone
+        if mixed is None or mixed.logits is None:  # the cost curve is of rows alone
             self.speculation.observe_forward(len(feeds) * width, elapsed)  # rows x width
         self._count(groups, elapsed, tokens)
         self.kv.observe(self._batch, self.stats)
@@ -228,10 +232,11 @@ class RoundBatcher(RoundAdmission):
         self.stats.compactions += self._batch.compact()
         self._leave()
 
-    def _plan(self) -> list[Planned]:
-        """The rows' drafts; a failed draft costs its step the speculation, not the rows."""
+    def _plan(self, riders: Riders | None = None) -> list[Planned]:
+        """The rows' drafts (a draft model's ``riders`` fed in its first draft forward); a
+        failed draft costs its step the speculation, not the rows."""
         try:
-            return self.speculation.plan(self._batch.rows)
+            return self.speculation.plan(self._batch.rows, riders)
         except Exception as exc:
             log.warning("round batcher: drafting failed (%s); decoding without drafts", exc)
             for row in self._batch.rows:
