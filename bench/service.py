@@ -8,7 +8,9 @@ worker) per engine and round size (trees in flight per worker).
 forward); ``batch-group`` is the old per-group batch engine (``SEEDQ_ROUND_BATCHER=0``),
 ``seed-scheduler`` seed on its threaded SeeD scheduler (the same), ``seed-ngram`` seed in the
 round drafting by prompt lookup, ``seed-int8`` / ``seed-bf16`` seed with that draft whatever
-``--draft`` says (``seed-bf16-g2``, ``-g3``: chains of 2, 3 instead of 4); ``batch-nomix``,
+``--draft`` says (``seed-bf16-g2``, ``-g3``, ``-g5``, ``-g6``, ``-g8``: chains of that length
+instead of 4), ``auto-bf16`` auto with the bf16 draft model (its cost model picks each
+step's draft length, 0 included) instead of prompt lookup; ``batch-nomix``,
 ``auto-nomix``, ``seed-nomix`` the engine with ``SEEDQ_PREFILL_MIX=0`` (a joining group's
 prefill chunks run alone, between the rows' forwards, instead of inside them).
 Models are loaded once per engine, outside the timing; every run starts with an empty
@@ -92,6 +94,7 @@ VARIANTS = {"batch-group": Variant("batch", round_batcher=False),
             "seed-ngram": Variant("seed", "ngram"),
             "seed-int8": Variant("seed", "smollm2-int8"),
             "seed-bf16": Variant("seed", "smollm2-bf16"),
+            "auto-bf16": Variant("auto", "smollm2-bf16"),
             **{f"seed-bf16-g{g}": Variant("seed", "smollm2-bf16", gamma=g)
                for g in (2, 3, 5, 6, 8)},
             **{f"{engine}-nomix": Variant(engine, prefill_mix=False)
