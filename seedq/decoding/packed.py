@@ -204,9 +204,10 @@ def forward_packed(model: Any, chains: Sequence[Chain], slots: SlotCache | None,
     """One packed forward (``model``: a :class:`~seedq.decoding.models.LanguageModel` whose
     attention is :func:`seedq.decoding.attention.packed_sdpa`): ``chains``, then slot rows
     ``0..len(row_feeds)-1`` feeding ``row_feeds[b]``. Returns per chain its last ``need``
-    logits ``[need, V]`` and per row ``[len(feed), V]`` (``rows_last``: ``[1, V]``, its last
-    fed token's: the LM head skips the others, as a draft needs) (float, CPU). Rows commit nothing
-    (the caller commits); a failed forward crops every chain back to where it was."""
+    logits ``[need, V]`` and per row ``[len(feed), V]``, or with ``rows_last`` ``[1, V]`` of
+    its last fed token only (the LM head skips the others; a draft needs no more); float, on
+    the CPU. Rows commit nothing (the caller commits); a failed forward crops every chain
+    back to where it was."""
     plan, position_ids = plan_packed(chains, slots, [len(feed) for feed in row_feeds])
     ids = [token for chain in chains for token in chain.tokens]
     ids += [token for feed in row_feeds for token in feed]

@@ -198,8 +198,7 @@ class RoundAdmission:
         finally:
             self.target_lock.acquire()
             nested[0] += time.perf_counter() - began - riders.seconds
-        self.stats.failed_mixes += riders.failed and riders.model is not None  # (the
-        # target's failures are counted where they happen, with the rows' fallback)
+        self.stats.failed_mixes += riders.failed
         if riders.logits is not None:
             self.stats.mixed_prefills += 1
             self.stats.mixed_prefill_tokens += riders.tokens

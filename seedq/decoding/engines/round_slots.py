@@ -204,7 +204,6 @@ class SlotRoundBatch:
         self.cache = shaped_like(template, slots, capacity, self.block)
         return self.cache
 
-
     def _slot_room(self, slots: int, cache: SlotCache, capacity: int) -> int:
         """Slots to reallocate to for ``slots`` rows: ``GROWTH`` x them when short (the
         next joins need no copy), else what is there up to that; within ``kv_limit``."""

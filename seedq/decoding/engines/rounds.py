@@ -281,7 +281,7 @@ class RoundBatcher(RoundAdmission):
                     self.runtime.target, [f[1:] for f in feeds], riders.chains)
                 return list(rows)
             except Exception as exc:  # the chains were cropped back: fed apart later
-                self.stats.failed_mixes += 1
+                riders.failed = True  # counted by the admission, as a draft's failure is
                 log.warning("round batcher: a forward with a prefill failed (%s); the rows "
                             "and the prefill run apart", exc)
         try:
