@@ -152,7 +152,8 @@ def round_counters(generator: LocalGenerator) -> dict[str, int]:
     """The round batcher's running counters (forwards, rows, tokens, drafted, accepted)."""
     stats = generator.rounds.stats if generator.rounds is not None else None
     names = ("forwards", "rows", "tokens", "drafted", "accepted", "mixed_prefills",
-             "mixed_prefill_tokens", "mixed_draft_prefills")
+             "mixed_prefill_tokens", "mixed_draft_prefills",
+             "draftless_groups")
     return {name: int(getattr(stats, name)) if stats is not None else 0 for name in names}
 
 

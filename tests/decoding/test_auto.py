@@ -67,10 +67,10 @@ def submit_staggered(monkeypatch: pytest.MonkeyPatch,
     hold = Hold()
     real = round_admission.prepare_group
 
-    def held(runtime: Any, request: GroupRequest, *chunks: Any) -> Any:
+    def held(runtime: Any, request: GroupRequest, *chunks: Any, **draft: Any) -> Any:
         if request is jobs[0][1]:
             hold.stop_here()
-        return real(runtime, request, *chunks)
+        return real(runtime, request, *chunks, **draft)
 
     monkeypatch.setattr(round_admission, "prepare_group", held)
     futures = []
@@ -192,6 +192,40 @@ def test_round_batcher_off_runs_auto_as_batch(target: LoadedModel) -> None:
         assert tokens(generator.run(request)) == ar_tokens(target, request)
     finally:
         generator.close()
+
+
+@pytest.mark.parametrize("pays", [False, True])
+def test_an_auto_group_prefills_its_draft_model_only_where_drafting_pays(
+    pays: bool, target: LoadedModel, close_draft: LoadedModel
+) -> None:
+    """Decided as the group joins, from the cost model: where every extra token costs its
+    share of the forward and the draft forward costs more than a target forward (a CPU), the
+    plan would never draft, so its rows get no draft KV (no draft prefill, no draft forward)
+    and decode plainly; where extra tokens are nearly free (a GPU), they draft. ``ar``'s
+    tokens either way."""
+    generator = make(EngineConfig(engine="auto", target="tiny", draft="tiny-draft", gamma=3),
+                     target, close_draft)
+    rounds = generator.rounds
+    assert rounds is not None and generator.runtime.draft_model is not None
+    speculation = rounds.speculation  # known curves instead of a calibration
+    speculation.cost = ForwardCost(a=0.01, b=0.0 if pays else 0.01)
+    speculation.draft_fits = {id(generator.runtime.draft_model): ForwardCost(
+        a=0.0001 if pays else 0.02, b=0.0)}
+    calls = [0]  # every forward of the draft model: prefill, catch-up, drafts
+    hook = generator.runtime.draft_model.model.register_forward_hook(
+        lambda *_: calls.__setitem__(0, calls[0] + 1))
+    request = GroupRequest(PROMPTS[:3], SamplingParams(max_new_tokens=16))
+    try:
+        result = generator.run(request)
+    finally:
+        hook.remove()
+        generator.close()
+    assert tokens(result) == ar_tokens(target, request)
+    assert rounds.stats.draftless_groups == (0 if pays else 1)
+    if pays:
+        assert calls[0] > 0 and rounds.stats.drafted > 0
+    else:
+        assert calls[0] == rounds.stats.drafted == 0
 
 
 # -- the planning rule, the cost fit, acceptance, lookup: no model ------------------------

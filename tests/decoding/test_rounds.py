@@ -74,10 +74,10 @@ def submit_staggered(monkeypatch: pytest.MonkeyPatch,
     hold = Hold()
     real = round_admission.prepare_group
 
-    def held(runtime: Any, request: GroupRequest, *chunks: Any) -> Any:
+    def held(runtime: Any, request: GroupRequest, *chunks: Any, **draft: Any) -> Any:
         if request is jobs[0][1]:
             hold.stop_here()
-        return real(runtime, request, *chunks)
+        return real(runtime, request, *chunks, **draft)
 
     monkeypatch.setattr(round_admission, "prepare_group", held)
     first = jobs[0][0]

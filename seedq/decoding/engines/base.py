@@ -131,14 +131,16 @@ def prefill_group(model: LanguageModel, prompts: Sequence[list[int]],
     return [start for start in starts if start is not None]
 
 
-def prepare_group(runtime: Runtime, request: GroupRequest, chunks: Chunks | None = None
-                  ) -> list[SequenceState]:
+def prepare_group(runtime: Runtime, request: GroupRequest, chunks: Chunks | None = None,
+                  draft: bool = True) -> list[SequenceState]:
     """Tokenize, encode the shared prefix once per model (or start a prompt from its longer
-    cached prefix; in ``chunks`` when given), and build per-sequence states."""
+    cached prefix; in ``chunks`` when given), and build per-sequence states. ``draft``
+    False: a draft model's prefill is skipped (its rows will not draft; their draft caches
+    stay empty)."""
     prompts = [runtime.tokenizer.encode(p, request.chat) for p in request.prompts]
     targets = prefill_group(runtime.target, prompts, runtime.prefix.target, chunks)
     drafts: list[ModelCache | None] = [None] * len(prompts)
-    if isinstance(runtime.drafter, ModelDrafter):
+    if draft and isinstance(runtime.drafter, ModelDrafter):
         drafts = [c for c, _ in prefill_group(runtime.drafter.model, prompts,
                                                runtime.prefix.draft, chunks)]
     states = []

@@ -111,7 +111,10 @@ class RoundAdmission:
                 if group.speculate and group.mode.planned:  # once per model, first auto group
                     self.speculation.calibrate(group.runtime.drafter,
                                                group.runtime.config.gamma)
-                group.states = prepare_group(group.runtime, group.request, chunks)
+                    group.drafting = self.speculation.worth_drafting(self._batch.rows, group)
+                    self.stats.draftless_groups += not group.drafting
+                group.states = prepare_group(group.runtime, group.request, chunks,
+                                             draft=group.speculate)
                 inputs = [RowInput(s.pending(s.target), s.target, need=1) for s in group.states]
                 logits = self._first_logits(inputs, nested)
             finally:

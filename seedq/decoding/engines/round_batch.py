@@ -57,11 +57,15 @@ class RoundGroup(OpenGroup):
     kv_spans: list[int] | None = None  # per sequence: prompt + max_new_tokens (KV budget)
     peak_kv_bytes: int = 0  # the round cache's bytes and rows seen while the group was in it
     peak_rows: int = 0
+    # False: an auto group whose draft model did not pay when it joined (the cost model's
+    # plan drafted nothing with it): no draft KV is prefilled, its rows decode plainly
+    drafting: bool = True
 
     @property
     def speculate(self) -> bool:
-        """Its rows draft: its engine drafts and its runtime has a drafter."""
-        return self.mode.drafts and self.runtime.drafter is not None
+        """Its rows draft: its engine drafts, its runtime has a drafter, and (``auto`` with a
+        draft model) drafting paid when it joined."""
+        return self.mode.drafts and self.drafting and self.runtime.drafter is not None
 
 
 @dataclass(eq=False)

@@ -97,4 +97,5 @@ class RoundStats(KvStats):
     mixed_prefill_tokens: int = 0  # prefill tokens fed in those forwards
     mixed_draft_prefills: int = 0  # of those, a draft model's prefill in its draft forward
     failed_mixes: int = 0  # such forwards that failed (rows and prefill then ran apart)
+    draftless_groups: int = 0  # auto groups whose draft model did not pay when they joined
     longest_stall: float = 0.0  # seconds live rows waited between two of their forwards

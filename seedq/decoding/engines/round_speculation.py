@@ -9,9 +9,11 @@ says; ``seed`` rows draft their full chain at every step (within the token budge
 plan (:func:`~seedq.decoding.engines.round_plan.plan_lengths`) weighs each row's expected
 accepted tokens against the measured cost of the extra tokens in the target forward (and of
 the draft forwards); rows of ``batch`` groups, and every row when speculation does not pay,
-decode one token as plain batched decoding does. Verification is the exact speculative rule
-(:func:`~seedq.decoding.engines.speculative.decide`), so the output distribution is the
-target's whatever the plan.
+decode one token as plain batched decoding does. Whether an ``auto`` group uses its draft
+model at all is decided once, when it joins (:meth:`RoundSpeculation.worth_drafting`): a
+group whose plan would never draft is not prefilled on the draft model. Verification is
+the exact speculative rule (:func:`~seedq.decoding.engines.speculative.decide`), so the
+output distribution is the target's whatever the plan.
 
 Each row keeps its own n-gram index (:class:`~seedq.decoding.drafters.NgramIndex`), so a
 lookup costs O(1) per step instead of a scan of its prompt. Prompt lookup also learns while
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from seedq.decoding.drafters import ModelDrafter, NgramDrafter, NgramIndex
-from seedq.decoding.engines.round_batch import Riders, Row
+from seedq.decoding.engines.round_batch import Riders, RoundGroup, Row
 from seedq.decoding.engines.round_drafts import DraftSlots
 from seedq.decoding.engines.round_plan import (
     Acceptance,
@@ -156,14 +158,45 @@ class RoundSpeculation:
     def _alpha(self, row: Row) -> float:
         return self.acceptance.of_row(row.group.request.label, row.hits, row.trials)
 
-    def _draft_cost(self) -> DraftCost:
+    def _draft_cost(self, joining: dict[int, int] | None = None) -> DraftCost:
         """A draft forward per depth and draft model computes every row that model holds
-        (the others catch up or pad), each as wide as the model's forwards have been on
-        average (depth 0 feeds each row's pending tokens): ``a + b * held * width``."""
-        per_depth = sum(fit.seconds(round(len(self.draft_slots[key].rows)
-                                          * self.draft_width.get(key, 1.0)))
-                        for key, fit in self.draft_fits.items() if key in self.draft_slots)
+        (the others catch up or pad; ``joining``: rows about to join, per model), each as
+        wide as the model's forwards have been on average (depth 0 feeds each row's pending
+        tokens): ``a + b * held * width``."""
+        per_depth = 0.0
+        for key, fit in self.draft_fits.items():
+            held = len(self.draft_slots[key].rows) if key in self.draft_slots else 0
+            held += (joining or {}).get(key, 0)
+            if held:
+                per_depth += fit.seconds(round(held * self.draft_width.get(key, 1.0)))
         return DraftCost(per_depth=per_depth)
+
+    def worth_drafting(self, rows: list[Row], group: RoundGroup) -> bool:
+        """Whether an ``auto`` group joining the live ``rows`` should draft with its draft
+        model at all: would the cost model's plan draft for its rows, at its label's
+        acceptance, with them added to the round? Decided once, at admission: a group that
+        does not is never prefilled on the draft model (its prefill, its KV and the draft
+        forwards would cost more than the tokens they save; on a CPU they do). Prompt lookup
+        is free: always True; so is any installed ``policy`` (tests choose lengths)."""
+        drafter = group.runtime.drafter
+        if not isinstance(drafter, ModelDrafter) or self.policy is not None:
+            return True
+        if self.cost is None:  # not calibrated: nothing to weigh against
+            return True
+        alphas: list[float | None] = []
+        caps: list[int] = []
+        for row in rows:  # the live rows as the plan sees them (seed/batch rows: None)
+            planned = row.group.speculate and row.group.mode.planned
+            cap = self._cap(row)[0] if planned else 0
+            alphas.append(self._alpha(row) if cap else None)
+            caps.append(cap)
+        request, gamma = group.request, group.runtime.config.gamma
+        joining = len(request.prompts)
+        alphas += [self.acceptance.of_label(request.label)] * joining
+        caps += [max(0, min(gamma, request.params_for(i).max_new_tokens - 1))
+                 for i in range(joining)]
+        draft = self._draft_cost({id(drafter.model): joining})
+        return any(plan_lengths(alphas, caps, self.cost, draft, max_tokens=self.budget))
 
     def _lookup_plan(self, row: Row, tokens: list[int]) -> Planned:
         vocab = self.target.vocab_size
