@@ -26,7 +26,6 @@ into the exact verification, so drafting here changes speed, never the output.""
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -38,11 +37,11 @@ from seedq.decoding.drafters import candidates
 from seedq.decoding.engines.round_batch import Riders, Row
 from seedq.decoding.engines.round_slots import (
     BLOCK,
-    GROWTH,
     forward_last,
     grown,
     release_slots,
     shaped_like,
+    slot_room,
 )
 from seedq.decoding.models import LanguageModel
 from seedq.decoding.packed import forward_packed
@@ -225,15 +224,15 @@ class DraftSlots:
 
     def _reserve(self, slots: int, need: int, template: Row | None = None) -> SlotCache:
         """Room for ``slots`` rows of ``need`` positions (one reallocation when short:
-        positions to :func:`~seedq.decoding.engines.round_slots.grown`, slots to ``GROWTH``
-        x ``slots``, so that the next joins need no copy)."""
+        positions to :func:`~seedq.decoding.engines.round_slots.grown`, slots as
+        :func:`~seedq.decoding.engines.round_slots.slot_room` says, as the round's own)."""
         cache = self.cache
         if cache is not None and slots <= cache.slots and need <= cache.capacity:
             return cache
         capacity = grown(need, self.block)
         if cache is not None:
-            room = math.ceil(slots * GROWTH) if slots > cache.slots else cache.slots
-            cache.resize(max(capacity, cache.capacity), max(room, cache.active))
+            capacity = max(capacity, cache.capacity)
+            cache.resize(capacity, slot_room(max(slots, cache.active), cache, capacity))
             return cache
         assert template is not None and template.state.draft is not None
         pairs = kv_pairs(template.state.draft.cache)

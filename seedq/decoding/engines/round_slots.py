@@ -197,23 +197,12 @@ class SlotRoundBatch:
         capacity = _capacity(need, [*self.rows, *joining], self.block)
         if cache is not None:
             capacity = max(capacity, cache.capacity)
-            cache.resize(capacity, self._slot_room(slots, cache, capacity))
+            cache.resize(capacity, slot_room(slots, cache, capacity, self.kv_limit))
             return cache
         if not template:
             raise RuntimeError("slot round: no cache to reserve room in")
         self.cache = shaped_like(template, slots, capacity, self.block)
         return self.cache
-
-    def _slot_room(self, slots: int, cache: SlotCache, capacity: int) -> int:
-        """Slots to reallocate to for ``slots`` rows: ``GROWTH`` x them when short (the
-        next joins need no copy), else what is there up to that; within ``kv_limit``."""
-        roomy = math.ceil(slots * GROWTH)
-        room = roomy if slots > cache.slots else min(cache.slots, roomy)
-        if self.kv_limit and cache.slots and cache.capacity:
-            per_slot = cache.bytes // (cache.slots * cache.capacity) * capacity
-            room = min(room, self.kv_limit // max(per_slot, 1))
-        return max(slots, room)
-
 
 def _capacity(need: int, rows: Sequence[Row], block: int) -> int:
     """``need`` with headroom: ``GROWTH`` x it rounded up to ``block``, but not past the
@@ -223,6 +212,18 @@ def _capacity(need: int, rows: Sequence[Row], block: int) -> int:
     if spans and all(span is not None for span in spans):
         roomy = min(roomy, max(span for span in spans if span is not None))
     return max(need, roomy)
+
+
+def slot_room(slots: int, cache: SlotCache, capacity: int, kv_limit: int = 0) -> int:
+    """Slots to reallocate ``cache`` to for ``slots`` rows of ``capacity`` positions (the
+    round's and the draft model's slots alike): ``GROWTH`` x them when short (the next joins
+    need no copy), else what is there up to that; within ``kv_limit`` bytes (0: none)."""
+    roomy = math.ceil(slots * GROWTH)
+    room = roomy if slots > cache.slots else min(cache.slots, roomy)
+    if kv_limit and cache.slots and cache.capacity:
+        per_slot = cache.bytes // (cache.slots * cache.capacity) * capacity
+        room = min(room, kv_limit // max(per_slot, 1))
+    return max(slots, room)
 
 
 def grown(need: int, block: int) -> int:
