@@ -170,13 +170,15 @@ def main(argv: list[str] | None = None) -> None:
               "machine": {"platform": platform.platform(), "torch": torch.__version__,
                           "device": device_name(args.device),
                           "threads": torch.get_num_threads()},
-              "cost_model": {"a_ms": cost.a * 1e3, "b_ms_per_token": cost.b * 1e3}
+              "cost_model": {"a_ms": cost.a * 1e3, "b_ms_per_token": cost.b * 1e3,
+                             "c_ms_per_row": cost.c * 1e3}
               if cost else None, "rows": rows, "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(table(rows, rows[0]["median"]))
     if cost:
-        print(f"auto cost model: {cost.a * 1e3:.2f} ms + {cost.b * 1e3:.3f} ms/token")
+        print(f"auto cost model: {cost.a * 1e3:.2f} ms + {cost.b * 1e3:.3f} ms/token"
+              f" + {cost.c * 1e3:.3f} ms/row")
     for generator in generators.values():
         generator.close()
 

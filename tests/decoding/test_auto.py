@@ -289,6 +289,29 @@ def test_forward_cost_fits_and_follows_observations() -> None:
     assert cost.seconds(10) == pytest.approx(0.040, rel=0.1)
 
 
+def test_forward_cost_tells_a_row_from_a_token() -> None:
+    def truth(rows: int, tokens: int) -> float:  # a row reads its KV: dearer than a token
+        return 0.02 + 0.003 * tokens + 0.010 * rows
+
+    grid = [(rows, rows * t, truth(rows, rows * t)) for rows in (1, 8) for t in (1, 5)]
+    cost = ForwardCost.fit(grid)
+    assert (cost.a, cost.b, cost.c) == pytest.approx((0.02, 0.003, 0.010), rel=1e-6)
+    # drafting pays here (12 rows at alpha 0.3: 15.6 tokens in 0.212 s against 12 in
+    # 0.176 s); one slope fitted over the same grid charges a draft token a row's cost
+    one_slope = ForwardCost.fit([(fed, seconds) for _, fed, seconds in grid])
+    assert plan_lengths([0.3] * 12, [4] * 12, cost) == [1] * 12
+    assert plan_lengths([0.3] * 12, [4] * 12, one_slope) == [0] * 12
+    # observed forwards (rows given) follow a machine twice as slow
+    for _ in range(300):
+        for rows, fed in ((4, 8), (12, 12), (12, 60), (2, 10)):
+            cost.observe(fed, 2 * truth(rows, fed), rows)
+    assert cost.seconds(20, 10) == pytest.approx(2 * truth(10, 20), rel=0.1)
+    # rows that move with tokens (a draft model's grid) cannot be told apart: one slope
+    for per_row in (True, False):
+        draft = ForwardCost.fit([(r, r, truth(r, r)) for r in (1, 8)], per_row=per_row)
+        assert draft.c == 0.0 and draft.b == pytest.approx(0.013)
+
+
 def test_acceptance_is_per_label_and_blends_into_rows() -> None:
     acceptance = Acceptance(prior=0.5, strength=8.0)
     for _ in range(200):

@@ -1,12 +1,14 @@
 """How long a draft each row of a round gets: the ``auto`` engine's cost model, its
 online acceptance estimates, and the pure planning rule between them.
 
-The cost of one target forward is modelled as ``a + b * N`` seconds for ``N`` tokens in the
-forward: ``rows * (1 + depth)``, since the forward is rectangular (each row's pending token
-and its draft, right-padded to the longest draft). :func:`calibrate` measures it at start
-(a small grid of rows x tokens over a real KV cache on this device); :class:`ForwardCost`
-then refits it online from every forward the round runs (decayed least squares seeded by
-the calibration), so a loaded machine or a GPU's flat curve is followed as it changes.
+The cost of one target forward is modelled as ``a + b * N + c * rows`` seconds for ``N``
+tokens in the forward: ``rows * (1 + depth)``, since the forward is rectangular (each row's
+pending token and its draft, right-padded to the longest draft); ``c`` is what a row costs
+beyond its tokens (reading its KV), so a draft token is charged ``b`` alone.
+:func:`calibrate` measures it at start (a small grid of rows x tokens over a real KV cache
+on this device); :class:`ForwardCost` then refits it online from every forward the round
+runs (decayed least squares seeded by the calibration), so a loaded machine or a GPU's flat
+curve is followed as it changes.
 
 Acceptance ``alpha`` (the chance that a draft token is accepted given the ones before it
 were) is tracked per label (task/role of the group) and per row (:class:`Acceptance`); with
@@ -34,49 +36,84 @@ PRIOR_WEIGHT = 4.0  # the calibration's weight against decaying observations
 DECAY = 0.97  # per observed forward
 
 
+Point = tuple[int, int, float]  # (rows, tokens, seconds) of one forward
+_SUMS = 9  # w, wT, wR, wTT, wTR, wRR, wS, wTS, wRS
+
+
 @dataclass
 class ForwardCost:
-    """``seconds(N) = a + b * N``, refitted online. Observations decay so the fit follows
-    the machine; the calibration points never vanish, so it cannot drift to nonsense."""
+    """``seconds(N, rows) = a + b * N + c * rows`` for ``N`` tokens over ``rows`` rows,
+    refitted online. A row costs more than a token: its KV is read once whatever number of
+    query tokens it feeds (on a 2-core Xeon an added row cost ~3x an added draft token), so
+    a draft token is charged ``b`` and the step's rows ``c`` each. ``c`` is fitted where
+    the points tell rows from tokens (the calibration grid does), else 0 (one slope).
+    Observations decay so the fit follows the machine; the calibration points never
+    vanish, so it cannot drift to nonsense."""
 
     a: float
     b: float
-    _prior: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0, 0.0)
-    _seen: list[float] = field(default_factory=lambda: [0.0] * 5)
+    c: float = 0.0
+    per_row: bool = True  # False: one slope over tokens (rows are not told apart)
+    _prior: tuple[float, ...] = (0.0,) * _SUMS
+    _seen: list[float] = field(default_factory=lambda: [0.0] * _SUMS)
 
     @classmethod
-    def fit(cls, points: list[tuple[int, float]]) -> ForwardCost:
-        """Least squares over (tokens, seconds) points (the calibration grid)."""
-        sums = _sums(points, PRIOR_WEIGHT / max(len(points), 1))
-        a, b = _solve(sums, fallback=(min(s for _, s in points), 0.0))
-        return cls(a, b, sums)
+    def fit(cls, points: list[tuple[int, float]] | list[Point], per_row: bool = True
+            ) -> ForwardCost:
+        """Least squares over (tokens, seconds) or (rows, tokens, seconds) points."""
+        full = [_point(p, per_row) for p in points]
+        sums = _sums(full, PRIOR_WEIGHT / max(len(full), 1))
+        a, b, c = _solve(sums, fallback=(min(p[2] for p in full), 0.0, 0.0))
+        return cls(a, b, c, per_row, sums)
 
-    def seconds(self, tokens: int) -> float:
-        return self.a + self.b * tokens
+    def seconds(self, tokens: int, rows: int = 0) -> float:
+        return self.a + self.b * tokens + self.c * rows
 
-    def observe(self, tokens: int, seconds: float) -> None:
+    def observe(self, tokens: int, seconds: float, rows: int = 0) -> None:
         self._seen = [value * DECAY for value in self._seen]
-        for i, value in enumerate(_sums([(tokens, seconds)], 1.0)):
+        for i, value in enumerate(_sums([(rows if self.per_row else 0, tokens, seconds)],
+                                        1.0)):
             self._seen[i] += value
         merged = tuple(p + s for p, s in zip(self._prior, self._seen, strict=True))
-        self.a, self.b = _solve(merged, fallback=(self.a, self.b))
+        self.a, self.b, self.c = _solve(merged, fallback=(self.a, self.b, self.c))
 
 
-def _sums(points: list[tuple[int, float]], weight: float) -> tuple[float, ...]:
-    """Weighted sums (w, wN, wN^2, wS, wNS) of the normal equations."""
-    return (weight * len(points), weight * sum(n for n, _ in points),
-            weight * sum(n * n for n, _ in points), weight * sum(s for _, s in points),
-            weight * sum(n * s for n, s in points))
+def _point(point: tuple[int, float] | Point, per_row: bool) -> Point:
+    if len(point) == 2:
+        return (0, int(point[0]), float(point[1]))
+    rows, tokens, seconds = point  # type: ignore[misc]
+    return (rows if per_row else 0, tokens, seconds)
 
 
-def _solve(sums: tuple[float, ...], fallback: tuple[float, float]) -> tuple[float, float]:
-    w, wn, wnn, ws, wns = sums
-    det = w * wnn - wn * wn
-    if w <= 0 or det <= 1e-12 * max(w * wnn, 1e-30):
+def _sums(points: list[Point], weight: float) -> tuple[float, ...]:
+    """Weighted sums of the normal equations over features (1, tokens, rows)."""
+    out = [0.0] * _SUMS
+    for rows, tokens, secs in points:
+        for i, value in enumerate((1, tokens, rows, tokens * tokens, tokens * rows,
+                                   rows * rows, secs, tokens * secs, rows * secs)):
+            out[i] += weight * value
+    return tuple(out)
+
+
+def _solve(sums: tuple[float, ...], fallback: tuple[float, float, float]
+           ) -> tuple[float, float, float]:
+    """(a, b, c) from the sums: three features where rows and tokens vary apart, else
+    (a, b) with c = 0; slopes clamped at 0 (refitted without a slope clamped there)."""
+    w, wt, wr, wtt, wtr, wrr, ws, wts, wrs = sums
+    if w <= 0:
         return fallback
-    b = (w * wns - wn * ws) / det
-    a = (ws - b * wn) / w
-    return max(a, 1e-7), max(b, 0.0)
+    three = torch.tensor([[w, wt, wr], [wt, wtt, wtr], [wr, wtr, wrr]], dtype=torch.float64)
+    scale = max(float(three.abs().max()), 1e-30)
+    if abs(float(torch.linalg.det(three / scale))) > 1e-9:
+        a, b, c = torch.linalg.solve(three, torch.tensor([ws, wts, wrs], dtype=torch.float64))
+        if b >= 0 and c >= 0:
+            return max(float(a), 1e-7), float(b), float(c)
+    det = w * wtt - wt * wt
+    if det <= 1e-12 * max(w * wtt, 1e-30):
+        return fallback
+    b2 = (w * wts - wt * ws) / det
+    a2 = (ws - b2 * wt) / w
+    return max(a2, 1e-7), max(b2, 0.0), 0.0
 
 
 @dataclass
@@ -120,7 +157,7 @@ def plan_lengths(alphas: list[float | None], caps: list[int], cost: ForwardCost,
     caps:   per row the longest draft it may get (remaining budget, lookup length).
     The verify forward is rectangular: every row is fed ``1 + depth`` tokens (its pending
     token, its draft, padding), ``depth`` being the longest draft of the step, so it costs
-    ``cost.seconds(rows * (1 + depth))`` whoever drafts: one row's long draft is paid for
+    ``cost.seconds(rows * (1 + depth), rows)`` whoever drafts: one row's long draft is paid for
     by every row's padding. For each depth the rows fill their columns best expected gain
     first (the j-th draft token of row b adds alpha_b^j expected tokens) while a token
     still pays for ``draft.per_token``; ``draft.per_depth`` is paid once per depth (one
@@ -130,13 +167,13 @@ def plan_lengths(alphas: list[float | None], caps: list[int], cost: ForwardCost,
     best = [0] * rows
     if rows == 0:
         return best
-    best_rate = rows / cost.seconds(rows)
+    best_rate = rows / cost.seconds(rows, rows)
     deepest = max([0, *caps])
     if max_tokens is not None:
         deepest = min(deepest, max_tokens // rows - 1)
     for depth in range(1, deepest + 1):
         lengths, gain, extra = [0] * rows, 0.0, 0
-        seconds = cost.seconds(rows * (1 + depth)) + draft.per_depth * depth
+        seconds = cost.seconds(rows * (1 + depth), rows) + draft.per_depth * depth
         gains = sorted(((alpha ** j, b) for b, alpha in enumerate(alphas) if alpha is not None
                         for j in range(1, min(caps[b], depth) + 1)), reverse=True)
         step = draft.per_token
@@ -154,7 +191,7 @@ def plan_lengths(alphas: list[float | None], caps: list[int], cost: ForwardCost,
 
 
 def calibrate(model: LanguageModel, max_rows: int, max_tokens: int, kv_length: int = 192,
-              repeats: int = 2) -> ForwardCost:
+              repeats: int = 2, per_row: bool = True) -> ForwardCost:
     """Time target forwards of rows x tokens over a ``kv_length`` cache (random ids): the
     corners of the grid the round works in, fastest of ``repeats`` each."""
     rows_grid = sorted({1, max(1, min(max_rows, 8))})
@@ -166,11 +203,11 @@ def calibrate(model: LanguageModel, max_rows: int, max_tokens: int, kv_length: i
     points = []
     for rows in rows_grid:
         for tokens in tokens_grid:
-            points.append((rows * tokens, _time_forward(model, base, rows, tokens, kv_length,
-                                                        repeats)))
+            points.append((rows, rows * tokens, _time_forward(model, base, rows, tokens,
+                                                              kv_length, repeats)))
     if len(points) == 1:  # one row, one token: no slope to measure
-        points.append((2, points[0][1]))
-    return ForwardCost.fit(points)
+        points.append((1, 2, points[0][2]))
+    return ForwardCost.fit(points, per_row)
 
 
 def _time_forward(model: LanguageModel, base: object, rows: int, tokens: int, kv_length: int,

@@ -79,15 +79,16 @@ class RoundSpeculation:
         began = time.perf_counter()
         if self.cost is None:
             self.cost = calibrate(self.target, self.budget, max_draft + 1)
-            log.info("auto: target forward %.2f ms + %.3f ms/token", self.cost.a * 1e3,
-                     self.cost.b * 1e3)
+            log.info("auto: target forward %.2f ms + %.3f ms/token + %.3f ms/row",
+                     self.cost.a * 1e3, self.cost.b * 1e3, self.cost.c * 1e3)
         if isinstance(drafter, ModelDrafter) and id(drafter.model) not in self.draft_fits:
-            self.draft_fits[id(drafter.model)] = calibrate(drafter.model, self.budget, 1)
+            self.draft_fits[id(drafter.model)] = calibrate(drafter.model, self.budget, 1,
+                                                            per_row=False)
         self.calibration_seconds += time.perf_counter() - began
 
-    def observe_forward(self, tokens: int, seconds: float) -> None:
+    def observe_forward(self, tokens: int, seconds: float, rows: int) -> None:
         if self.cost is not None:
-            self.cost.observe(tokens, seconds)
+            self.cost.observe(tokens, seconds, rows)
 
     # -- planning and drafting -----------------------------------------------------------
     def drafts_with(self, model: LanguageModel) -> bool:

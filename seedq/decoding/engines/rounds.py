@@ -223,7 +223,7 @@ class RoundBatcher(RoundAdmission):
                 self.busy_seconds += elapsed
         width = max(len(feed) for feed in feeds)  # the short feeds are padded to it
         if mixed is None or mixed.logits is None:  # the cost curve is of rows alone
-            self.speculation.observe_forward(len(feeds) * width, elapsed)  # rows x width
+            self.speculation.observe_forward(len(feeds) * width, elapsed, len(feeds))
         self._count(groups, elapsed, tokens)
         self.kv.observe(self._batch, self.stats)
         self.records.observe(cache_bytes(self._batch), len(self._batch.rows), forward=True)
