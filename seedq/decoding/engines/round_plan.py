@@ -97,23 +97,31 @@ def _sums(points: list[Point], weight: float) -> tuple[float, ...]:
 
 def _solve(sums: tuple[float, ...], fallback: tuple[float, float, float]
            ) -> tuple[float, float, float]:
-    """(a, b, c) from the sums: three features where rows and tokens vary apart, else
-    (a, b) with c = 0; slopes clamped at 0 (refitted without a slope clamped there)."""
+    """(a, b, c) from the sums: three features where rows and tokens vary apart and both
+    slopes come out non-negative, else one slope (a, b) with c = 0, b clamped at 0."""
     w, wt, wr, wtt, wtr, wrr, ws, wts, wrs = sums
     if w <= 0:
         return fallback
-    three = torch.tensor([[w, wt, wr], [wt, wtt, wtr], [wr, wtr, wrr]], dtype=torch.float64)
-    scale = max(float(three.abs().max()), 1e-30)
-    if abs(float(torch.linalg.det(three / scale))) > 1e-9:
-        a, b, c = torch.linalg.solve(three, torch.tensor([ws, wts, wrs], dtype=torch.float64))
+    matrix = ((w, wt, wr), (wt, wtt, wtr), (wr, wtr, wrr))
+    det = _det3(matrix)
+    if abs(det) > 1e-9 * max(abs(v) for v in (w, wtt, wrr)) ** 3:
+        rhs = (ws, wts, wrs)  # Cramer's rule: column k replaced by the right-hand side
+        a, b, c = (_det3(tuple(tuple(rhs[i] if j == k else matrix[i][j] for j in range(3))
+                               for i in range(3))) / det for k in range(3))
         if b >= 0 and c >= 0:
-            return max(float(a), 1e-7), float(b), float(c)
-    det = w * wtt - wt * wt
-    if det <= 1e-12 * max(w * wtt, 1e-30):
+            return max(a, 1e-7), b, c
+    det2 = w * wtt - wt * wt
+    if det2 <= 1e-12 * max(w * wtt, 1e-30):
         return fallback
-    b2 = (w * wts - wt * ws) / det
+    b2 = (w * wts - wt * ws) / det2
     a2 = (ws - b2 * wt) / w
     return max(a2, 1e-7), max(b2, 0.0), 0.0
+
+
+def _det3(m: tuple[tuple[float, ...], ...]) -> float:
+    return (m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
+            - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+            + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]))
 
 
 @dataclass

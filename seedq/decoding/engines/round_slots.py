@@ -204,6 +204,7 @@ class SlotRoundBatch:
         self.cache = shaped_like(template, slots, capacity, self.block)
         return self.cache
 
+
 def _capacity(need: int, rows: Sequence[Row], block: int) -> int:
     """``need`` with headroom: ``GROWTH`` x it rounded up to ``block``, but not past the
     longest the rows can get (position + remaining new tokens; unknown without states)."""

@@ -104,13 +104,7 @@ class RoundSpeculation:
         self._hold(rows)
         if not any(row.group.speculate for row in rows):
             return plans
-        alphas: list[float | None] = []
-        caps, lookups = [], []
-        for row in rows:
-            cap, lookup = self._cap(row)
-            alphas.append(self._alpha(row) if cap and row.group.mode.planned else None)
-            caps.append(cap)
-            lookups.append(lookup)
+        alphas, caps, lookups = self._inputs(rows)
         lengths = self._lengths(rows, alphas, caps)
         model_rows = []
         for i, (row, length, lookup) in enumerate(zip(rows, lengths, lookups, strict=True)):
@@ -121,12 +115,30 @@ class RoundSpeculation:
         self._draft_model_rows(rows, plans, model_rows, riders)
         return plans
 
+    def _inputs(self, rows: list[Row]
+                ) -> tuple[list[float | None], list[int], list[list[int] | None]]:
+        """Per row: its acceptance estimate (None unless an ``auto`` row that may draft),
+        the longest draft it may get, its lookup continuation (see :meth:`_cap`)."""
+        alphas: list[float | None] = []
+        caps, lookups = [], []
+        for row in rows:
+            cap, lookup = self._cap(row)
+            alphas.append(self._alpha(row) if cap and row.group.mode.planned else None)
+            caps.append(cap)
+            lookups.append(lookup)
+        return alphas, caps, lookups
+
+    @staticmethod
+    def _planned(rows: list[Row], caps: list[int]) -> list[int]:
+        """The caps of the rows the plan decides (``auto``), 0 for the others."""
+        return [cap if row.group.mode.planned else 0 for row, cap in zip(rows, caps,
+                                                                          strict=True)]
+
     def _lengths(self, rows: list[Row], alphas: list[float | None], caps: list[int]
                  ) -> list[int]:
         """Planned rows (``auto``) get the plan's lengths, the others (``seed``) their
         full draft (``caps``)."""
-        planned = [cap if row.group.mode.planned else 0 for row, cap in zip(rows, caps,
-                                                                             strict=True)]
+        planned = self._planned(rows, caps)
         if not any(planned):
             lengths = [0] * len(rows)
         elif self.policy is not None:
@@ -147,7 +159,7 @@ class RoundSpeculation:
         drafter = row.group.runtime.drafter
         if not row.group.speculate or drafter is None:
             return 0, None
-        room = max(0, min(row.group.runtime.config.gamma, row.state.remaining - 1))
+        room = _room(row.group.runtime.config.gamma, row.state.remaining)
         if isinstance(drafter, NgramDrafter):
             if row.ngram is None:
                 row.ngram = NgramIndex(drafter.max_ngram)
@@ -184,18 +196,12 @@ class RoundSpeculation:
             return True
         if self.cost is None:  # not calibrated: nothing to weigh against
             return True
-        alphas: list[float | None] = []
-        caps: list[int] = []
-        for row in rows:  # the live rows as the plan sees them (seed/batch rows: None)
-            planned = row.group.speculate and row.group.mode.planned
-            cap = self._cap(row)[0] if planned else 0
-            alphas.append(self._alpha(row) if cap else None)
-            caps.append(cap)
+        alphas, caps, _ = self._inputs(rows)  # the live rows as the plan sees them
+        caps = self._planned(rows, caps)
         request, gamma = group.request, group.runtime.config.gamma
         joining = len(request.prompts)
         alphas += [self.acceptance.of_label(request.label)] * joining
-        caps += [max(0, min(gamma, request.params_for(i).max_new_tokens - 1))
-                 for i in range(joining)]
+        caps += [_room(gamma, request.params_for(i).max_new_tokens) for i in range(joining)]
         draft = self._draft_cost({id(drafter.model): joining})
         return any(plan_lengths(alphas, caps, self.cost, draft, max_tokens=self.budget))
 
@@ -295,3 +301,9 @@ class RoundSpeculation:
         if not isinstance(drafter, ModelDrafter):
             return None
         return self.draft_slots.get(id(drafter.model))
+
+
+def _room(gamma: int, remaining: int) -> int:
+    """The longest draft a row with ``remaining`` tokens to go may get (its last token is
+    the verify forward's own)."""
+    return max(0, min(gamma, remaining - 1))
